@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (once) and run the whole suite: notebooks in sync with the
+# package, every notebook executed on sample data, unit tests, browser tests of the apps.
+set -euo pipefail
+cd "$(dirname "$0")"
+tools/setup_env.sh dev
+if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "Installing Debian's chromium for the browser tests..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "chromium is missing: install it (apt-get install chromium) for the browser tests." >&2; exit 1
+  fi
+fi
+source .venv/bin/activate
+echo "== notebooks and generated files in sync (nbdev-export, nbdev-clean, README from nbs/index.ipynb)"
+before=$(git status --porcelain)
+nbdev-export
+nbdev-clean
+tools/make_readme.sh
+after=$(git status --porcelain)
+if [ "$before" != "$after" ]; then
+  echo "nbdev-export, nbdev-clean or tools/make_readme.sh changed files; run them and commit the result:" >&2
+  diff <(echo "$before") <(echo "$after") >&2 || true
+  exit 1
+fi
+echo "== test suite"
+python -m pytest "$@"

@@ -1,0 +1,81 @@
+"""Execute notebooks the way a learner would (top to bottom, in a fresh kernel) in sample mode.
+
+Each notebook runs once per test session; tests ask for its results (the ledger lines it wrote,
+its wall time, the executed notebook) through `run_notebook`, so several tests can check one run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+ARTIFACTS = Path(os.environ.get('COURSE_ARTIFACTS', ROOT / 'artifacts'))
+CELL_TIMEOUT_S = 1200
+
+
+@dataclass
+class NotebookRun:
+    path: Path
+    seconds: float
+    results: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    def metric(self, metric: str, lesson: str | None = None) -> float:
+        "The value of `metric` that the notebook reported (the last one, if reported twice)."
+        rows = [r for r in self.results if r['metric'] == metric and (lesson is None or r['lesson'] == lesson)]
+        assert rows, f"{self.path.name} reported no {metric!r}; it reported {[r['metric'] for r in self.results]}"
+        return rows[-1]['value']
+
+
+_runs: dict[Path, NotebookRun] = {}
+_workdir: Path | None = None
+
+
+def sample_env(workdir: Path) -> dict[str, str]:
+    "Environment for a notebook kernel: samples only, no network, caches in `workdir`."
+    env = dict(os.environ)
+    env.update(COURSE_SAMPLE='1', COURSE_OFFLINE='1', IN_TEST='1', MPLBACKEND='Agg',
+               FASTAI_HOME=str(workdir / 'fastai_home'), TORCH_HOME=str(workdir / 'torch_home'),
+               PYTHONWARNINGS='ignore::FutureWarning')
+    return env
+
+
+def set_workdir(path: Path):
+    global _workdir
+    _workdir = path
+
+
+def run_notebook(rel_path: str) -> NotebookRun:
+    "Run `nbs/<rel_path>` once (cached for the session) and return what happened."
+    path = (NBS / rel_path).resolve()
+    if path in _runs: return _runs[path]
+    assert _workdir is not None, 'set_workdir() first (conftest does this)'
+    results_file = _workdir / 'results' / (path.stem + '.jsonl')
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.unlink(missing_ok=True)
+    env = sample_env(_workdir) | {'COURSE_RESULTS': str(results_file)}
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name='python3',
+                            resources={'metadata': {'path': str(path.parent)}})
+    t0 = time.perf_counter()
+    error = None
+    try: client.execute(env=env)
+    except CellExecutionError as e: error = str(e)
+    seconds = time.perf_counter() - t0
+    out = ARTIFACTS / 'notebooks' / path.relative_to(NBS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)  # executed copy, with plots, for people to look at
+    results = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.exists() else []
+    _runs[path] = run = NotebookRun(path, seconds, results, error)
+    return run
+
+
+def all_runs() -> list[NotebookRun]: return list(_runs.values())

@@ -1,0 +1,96 @@
+"""The data layer's real download path, exercised against a loopback HTTP server."""
+import functools
+import http.server
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from fastai.data.external import fastai_cfg
+
+from course_utils import core
+from course_utils.data import DataDownloadError, course_data, real_path, sample_path
+from course_utils.samples import build_mnist_sample
+
+
+@pytest.fixture
+def fastai_home(tmp_path, monkeypatch):
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))
+    for var in ('COURSE_SAMPLE', 'COURSE_OFFLINE'): monkeypatch.delenv(var, raising=False)
+    core._data_kinds.clear()
+    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
+    yield tmp_path / 'fastai_home'
+    core._data_kinds.clear()
+    fastai_cfg.cache_clear()
+
+
+@pytest.fixture
+def server(tmp_path):
+    "A static file server on 127.0.0.1 serving `tmp_path/www`."
+    www = tmp_path / 'www'
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try: yield www, f'http://127.0.0.1:{httpd.server_address[1]}'
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def make_tgz(src: Path, dest: Path) -> Path:
+    with tarfile.open(dest, 'w:gz') as tar: tar.add(src, arcname=src.name)
+    return dest
+
+
+def test_download_and_extract_through_fastai(fastai_home, server, tmp_path):
+    www, base = server
+    make_tgz(build_mnist_sample(tmp_path / 'src' / 'mnist_sample'), www / 'mnist_sample.tgz')
+    url = f'{base}/mnist_sample.tgz'
+    path = course_data(url)
+    assert path == real_path(url) == fastai_home / 'data' / 'mnist_sample'
+    assert (path / 'labels.csv').exists() and len(list((path / 'train' / '3').glob('*.png'))) > 100
+    assert (fastai_home / 'archive' / 'mnist_sample.tgz').exists()  # fastai's archive cache
+    assert core._data_kinds['mnist_sample'] == 'real'
+    assert not sample_path(url).exists()
+
+
+def test_cached_real_data_needs_no_network(fastai_home, server, tmp_path):
+    www, base = server
+    make_tgz(build_mnist_sample(tmp_path / 'src' / 'mnist_sample'), www / 'mnist_sample.tgz')
+    url = f'{base}/mnist_sample.tgz'
+    first = course_data(url)
+    (www / 'mnist_sample.tgz').unlink()  # the server has nothing left to give
+    assert course_data(url) == first
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
+def test_broken_archive_gives_clear_error_and_leaves_nothing(fastai_home, server, tmp_path, damage):
+    www, base = server
+    good = make_tgz(build_mnist_sample(tmp_path / 'src' / 'mnist_sample'), tmp_path / 'good.tgz').read_bytes()
+    bad = good[:len(good) // 2] if damage == 'truncated' else b'this is not an archive' * 100
+    (www / 'mnist_sample.tgz').write_bytes(bad)
+    url = f'{base}/mnist_sample.tgz'
+    with pytest.raises(DataDownloadError, match='corrupt or truncated'):
+        course_data(url)
+    assert not real_path(url).exists(), 'half-extracted data left behind'
+    assert not (fastai_home / 'archive' / 'mnist_sample.tgz').exists(), 'broken archive kept'
+    # Once the server has a good copy, the same call works.
+    (www / 'mnist_sample.tgz').write_bytes(good)
+    assert (course_data(url) / 'labels.csv').exists()
+
+
+def test_missing_file_on_server_is_a_clear_error(fastai_home, server):
+    _, base = server
+    with pytest.raises(DataDownloadError, match='Could not download'):
+        course_data(f'{base}/mnist_sample.tgz')
+
+
+def test_no_server_falls_back_to_sample(fastai_home, capsys):
+    url = 'http://127.0.0.1:9/mnist_sample.tgz'  # discard port: nothing listens
+    path = course_data(url)
+    assert path == sample_path(url) and (path / 'labels.csv').exists()
+    assert 'Using the offline sample of mnist_sample' in capsys.readouterr().out
+    assert core._data_kinds['mnist_sample'] == 'sample'
