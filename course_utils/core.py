@@ -104,8 +104,8 @@ class CPUSpeedup(Callback):
     order = 10  # where fastai's MixedPrecision sits: around the forward pass and the loss
     def before_fit(self):
         import torch
-        self.active = self.dls.device is None or torch.device(self.dls.device).type == 'cpu'
-        self.active = self.active and any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
+        on_cpu = all(p.device.type == 'cpu' for p in self.model.parameters())
+        self.active = on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         if not self.active: return
         self.model.to(memory_format=torch.channels_last)
         self.autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=cpu_bf16_supported())
