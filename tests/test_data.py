@@ -94,3 +94,14 @@ def test_no_server_falls_back_to_sample(fastai_home, capsys):
     assert path == sample_path(url) and (path / 'labels.csv').exists()
     assert 'Using the offline sample of mnist_sample' in capsys.readouterr().out
     assert core._data_kinds['mnist_sample'] == 'sample'
+
+
+def test_real_pets_in_cache_used_offline(fastai_home, monkeypatch):
+    "With the real data set extracted in fastai's cache, lessons use it and never build a sample."
+    from fastai.data.external import URLs
+    from course_utils.samples import build_pets
+    build_pets(real_path(URLs.PETS), n_per_breed=1)  # stands in for the real download: same layout
+    monkeypatch.setenv('COURSE_OFFLINE', '1')
+    assert course_data(URLs.PETS) == fastai_home / 'data' / 'oxford-iiit-pet'
+    assert core._data_kinds['oxford-iiit-pet'] == 'real' and not core.using_sample_data()
+    assert not sample_path(URLs.PETS).exists()
