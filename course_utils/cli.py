@@ -1,4 +1,4 @@
-"""`course list`, `course run 01_intro` and `course lab`: run the lessons without opening a browser, or open them in JupyterLab.
+"""`course list`, `course run 01_intro` and `course lab`: run the lessons without opening a browser, or open them in JupyterLab; `course make-model bears` and `course app bears`: make a model for an app and serve the app.
 
 Docs: https://pdl-course.github.io/pdl2020/cli.html.md"""
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['repo_root', 'lessons', 'find_lesson', 'run_lesson', 'main']
+__all__ = ['APPS', 'repo_root', 'lessons', 'find_lesson', 'run_lesson', 'app_notebook', 'serve_app', 'main']
 
 # %% ../nbs/09_cli.ipynb #11ed10ac
 def repo_root(start: Path | None = None) -> Path:
@@ -66,6 +66,22 @@ def run_lesson(path: Path, out_dir: Path, timeout: int = 3600) -> int:
     return rc
 
 # %% ../nbs/09_cli.ipynb #416437d1
+APPS = {'bears': 'bear_classifier.ipynb', 'pets': 'cat_or_dog.ipynb'}
+
+def app_notebook(root: Path, name: str) -> Path:
+    "The notebook of the app called `name` ('bears' or 'pets')."
+    if name not in APPS: raise SystemExit(f"No app called {name!r}; apps: {', '.join(APPS)}")
+    return root / 'nbs' / 'apps' / APPS[name]
+
+def serve_app(root: Path, name: str, port: int = 8866, extra: list[str] | None = None) -> int:
+    "Serve the app called `name` with Voila on `port` until Ctrl+C."
+    nb = app_notebook(root, name)
+    print(f"Serving {nb.name} at http://localhost:{port}/ (Ctrl+C stops it)", flush=True)
+    # The `voila` script, not `python -m voila`: run from nbs/apps, `-m` would import the config file voila.py.
+    cmd = [str(Path(sys.executable).with_name('voila')), nb.name, '--no-browser', f'--port={port}', '--Voila.port_retries=0', *(extra or [])]
+    return subprocess.call(cmd, cwd=nb.parent)
+
+# %% ../nbs/09_cli.ipynb #aa05c9f7
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `course` command."
     ap = argparse.ArgumentParser(prog='course', description="Run the lessons of Practical Deep Learning for Coders (2020).")
@@ -76,12 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument('--sample', action='store_true', help='use the offline sample data even when online')
     lab = sub.add_parser('lab', help='open the lessons in JupyterLab')
     lab.add_argument('args', nargs=argparse.REMAINDER, help='extra arguments for jupyter lab')
+    make = sub.add_parser('make-model', help='train a small model for an app and save it where the app looks')
+    make.add_argument('kind', choices=list(APPS), help='which app the model is for')
+    make.add_argument('--sample', action='store_true', help='train on the offline sample data even when online')
+    make.add_argument('--dest', type=Path, help='folder to save it in (default: where the app looks)')
+    app = sub.add_parser('app', help='serve an app with Voila')
+    app.add_argument('kind', choices=list(APPS), help='which app')
+    app.add_argument('--port', type=int, default=8866)
+    app.add_argument('args', nargs=argparse.REMAINDER, help='extra arguments for voila')
     a = ap.parse_args(argv)
     root = repo_root()
     if a.cmd == 'list':
         for p in lessons(root): print(p.stem)
         return 0
-    if a.cmd == 'run':
-        if a.sample: os.environ['COURSE_SAMPLE'] = '1'
-        return run_lesson(find_lesson(root, a.lesson), root / 'artifacts' / 'runs')
+    if a.cmd in ('run', 'make-model') and a.sample: os.environ['COURSE_SAMPLE'] = '1'
+    if a.cmd == 'run': return run_lesson(find_lesson(root, a.lesson), root / 'artifacts' / 'runs')
+    if a.cmd == 'make-model':
+        from course_utils.export import train_demo_model  # imports fastai: only when needed
+        train_demo_model(a.kind, a.dest)
+        return 0
+    if a.cmd == 'app': return serve_app(root, a.kind, a.port, a.args)
     return subprocess.call([sys.executable, '-m', 'jupyter', 'lab', str(root / 'nbs' / 'lessons'), *a.args])

@@ -176,15 +176,15 @@ def train_demo_model(kind: str = 'bears', dest=None, arch=None, size: int | None
     else:
         path = course_data(URLs.PETS) / 'images'
         files, label_func = get_image_files(path), cat_or_dog
-    size, epochs = size or scale(224, sample=96), epochs or scale(4, sample=3)
+    size, epochs = size or scale(224, sample=64), epochs or 4
     dls = ImageDataLoaders.from_path_func(path, files, label_func, valid_pct=0.2, seed=42,
-                                          item_tfms=Resize(size), bs=scale(64, sample=32))
+                                          item_tfms=Resize(size), bs=scale(64, sample=16))
     use_pretrained = pretrained(arch)
     learn = vision_learner(dls, arch, metrics=accuracy, pretrained=use_pretrained)
     with learn.no_bar(), learn.no_logging():
         if use_pretrained: learn.fine_tune(epochs)
-        else: learn.fit_one_cycle(epochs, 3e-3)
-    acc = float(learn.validate()[1])
+        else: learn.fit_one_cycle(epochs, 1e-2)  # from scratch: a higher rate than fine-tuning
+        acc = float(learn.validate()[1])
     dest = Path(dest) if dest is not None else app_model_dir(kind)
     export_for_app(learn, dest, notes={'trained_by': 'train_demo_model', 'data': 'sample' if using_sample_data() else 'real',
                                        'pretrained': use_pretrained, 'valid_accuracy': round(acc, 4), 'images': len(files)})

@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
 WEIGHTS = 'model.safetensors'
 ONNX_FILE = 'model.onnx'
+BODIES = {name: -2 for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}  # torchvision name -> cut
 
 class ImageInputError(ValueError):
     "An upload we cannot classify. The message is meant for the person who sent it."
@@ -167,8 +168,13 @@ def _check_manifest(m, path: Path) -> dict:
         _require(isinstance(m.get(key), typ), f"'{key}' is missing or not a {typ.__name__}", path)
     _require(len(m['vocab']) >= 2 and all(isinstance(v, str) for v in m['vocab']), "'vocab' needs two or more labels", path)
     model, inp = m['model'], m['input']
-    _require(isinstance(model.get('arch'), str), "'model.arch' is missing", path)
+    if model.get('arch') not in BODIES:
+        raise ModelError(f"{path} names an unknown architecture {model.get('arch')!r}; "
+                         f"this version of course_utils knows {', '.join(BODIES)}.")
     _require(isinstance(model.get('head'), list), "'model.head' is missing", path)
+    last = model['head'][-1] if model['head'] and isinstance(model['head'][-1], dict) else {}
+    _require(last.get('type') == 'Linear' and last.get('out_features') == len(m['vocab']),
+             f"the head's last layer must be a Linear with one output per label ({len(m['vocab'])} labels)", path)
     size = inp.get('size')
     _require(isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and 8 <= s <= 4096 for s in size),
              "'input.size' must be [height, width] in pixels", path)
@@ -195,8 +201,6 @@ def preprocessing(manifest: dict) -> Preprocessing:
                          *((tuple(norm['mean']), tuple(norm['std'])) if norm else (None, None)))
 
 # %% ../nbs/08_predict.ipynb #ecee8243
-BODIES = {name: -2 for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}  # name -> cut
-
 def build_model(manifest: dict):
     "A PyTorch module with the manifest's architecture (random weights)."
     import torch
@@ -215,7 +219,7 @@ def build_model(manifest: dict):
     model = manifest['model']
     arch = model['arch']
     if arch not in BODIES:
-        raise ModelError(f"Unknown architecture {arch!r} in the manifest; this version knows {', '.join(BODIES)}.")
+        raise ModelError(f"Unknown architecture {arch!r} in the manifest; this version of course_utils knows {', '.join(BODIES)}.")
     body = nn.Sequential(*list(getattr(tvm, arch)(weights=None).children())[:model.get('cut', BODIES[arch])])
     layers = {'AdaptiveConcatPool2d': lambda l: AdaptiveConcatPool2d(l.get('size', 1)),
               'AdaptiveAvgPool2d': lambda l: nn.AdaptiveAvgPool2d(l.get('size', 1)),
@@ -243,7 +247,9 @@ def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads: opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    path = model_dir / manifest.get('files', {}).get('onnx', ONNX_FILE)
+    name = manifest.get('files', {}).get('onnx', ONNX_FILE)
+    if not name: raise ModelError(f"The model in {model_dir} was exported without an ONNX graph: use backend='torch'.")
+    path = model_dir / name
     if not path.is_file(): raise ModelError(f"{path} is missing: export the model again with export_for_app.")
     try: session = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     except Exception as e: raise ModelError(f"{path} is not a loadable ONNX model ({e}).") from None
@@ -309,7 +315,8 @@ def load_predictor(model_dir, backend: str | None = None, threads: int | None = 
     "Load the model `export_for_app` saved in `model_dir`, on ONNX Runtime (default when installed) or PyTorch."
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    backend = backend or ('onnx' if onnxruntime_available() else 'torch')
+    has_onnx = bool(manifest.get('files', {}).get('onnx', ONNX_FILE))
+    backend = backend or ('onnx' if has_onnx and onnxruntime_available() else 'torch')
     if backend not in ('onnx', 'torch'): raise ValueError(f"backend must be 'onnx' or 'torch', not {backend!r}")
     if backend == 'onnx' and not onnxruntime_available():
         raise ModelError("The onnx backend needs onnxruntime (pip install onnxruntime), or use backend='torch'.")

@@ -1,0 +1,324 @@
+"""The bear classifier served by Voila, driven by a real browser (headless Debian chromium + Playwright).
+
+A demo model is trained once on the bears sample; voila serves nbs/apps/bear_classifier.ipynb (with the
+apps' voila.py) on a free loopback port and is always stopped. One page takes many uploads: the good
+photo, then every awkward or hostile file, each followed by a good photo that must still classify.
+Screenshots go to artifacts/screenshots/; one good one becomes images/app_bear_classifier.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app_inputs import Upload, make_inputs, upright_reference
+from demo_model import demo_models_dir, sample_bear_photo
+from notebook_runner import ARTIFACTS, ROOT, run_notebook
+
+playwright_api = pytest.importorskip('playwright.sync_api')
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+APPS = ROOT / 'nbs' / 'apps'
+SHOTS = ARTIFACTS / 'screenshots'
+CHROMIUM = os.environ.get('CHROMIUM_PATH', '/usr/bin/chromium')
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.0.0.1 to a proxy
+TOL = 1e-4
+TIMINGS: dict[str, list[float]] = {}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM}')
+
+
+def record(name: str, seconds: float):
+    TIMINGS.setdefault(name, []).append(round(seconds, 3))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module', autouse=True)
+def timings_report():
+    yield
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / 'timings.json').write_text(json.dumps(TIMINGS, indent=1))
+    print('\nbrowser test timings (s):', json.dumps(TIMINGS))
+
+
+@pytest.fixture(scope='module')
+def models():
+    t0 = time.perf_counter()
+    d = demo_models_dir()
+    record('train_and_export_demo_model', time.perf_counter() - t0)
+    return d
+
+
+@pytest.fixture(scope='module')
+def predictor(models):
+    from course_utils.predict import load_predictor
+    return load_predictor(models / 'bears')
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory, models) -> dict[str, Upload]:
+    return make_inputs(tmp_path_factory.mktemp('uploads'), sample_bear_photo())
+
+
+@pytest.fixture(scope='module')
+def voila_server(models, tmp_path_factory):
+    "voila on a free loopback port, started from nbs/apps so that it reads the apps' voila.py; always stopped."
+    home = tmp_path_factory.mktemp('jupyter')
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, COURSE_MODELS=str(models), JUPYTER_DATA_DIR=str(home / 'data'),
+               JUPYTER_RUNTIME_DIR=str(home / 'runtime'), IPYTHONDIR=str(home / 'ipython'), PYTHONWARNINGS='ignore')
+    cmd = [str(Path(sys.executable).with_name('voila')), 'bear_classifier.ipynb', '--no-browser', f'--port={port}',
+           '--Voila.ip=127.0.0.1', '--Voila.port_retries=0']
+    log_path = SHOTS / 'voila.log'
+    base = f'http://127.0.0.1:{port}'
+    t0 = time.perf_counter()
+    with open(log_path, 'wb') as log:
+        proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                if proc.poll() is not None: raise RuntimeError(f'voila exited early (rc={proc.returncode}), see {log_path}')
+                try:  # a static file: every GET of "/" would start a kernel and run the notebook
+                    with NO_PROXY.open(f'{base}/voila/static/voila.js', timeout=2) as r:
+                        if r.status == 200: break
+                except OSError: pass
+                if time.perf_counter() - t0 > 60: raise TimeoutError(f'voila not serving after 60 s, see {log_path}')
+                time.sleep(0.1)
+            record('voila_start_to_serving', time.perf_counter() - t0)
+            yield {'url': base + '/', 'port': port, 'log': log_path}
+        finally:
+            proc.terminate()  # voila shuts down every kernel it started
+            try: proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('chromium-profile')), executable_path=CHROMIUM,
+                                                   args=CHROMIUM_ARGS, headless=True, viewport={'width': 900, 'height': 760})
+        ctx.route(re.compile(r'^https?://(?!127\.0\.0\.1[:/])'), lambda route: route.abort())  # hermetic
+        try: yield ctx
+        finally: ctx.close()
+
+
+def open_app(browser, voila_server) -> tuple[Page, str, list[str]]:
+    page = browser.new_page()
+    js_errors: list[str] = []
+    page.on('pageerror', lambda e: js_errors.append(str(e)))
+    t0 = time.perf_counter()
+    page.goto(voila_server['url'], timeout=90_000)
+    page.locator('.app-upload').wait_for(state='visible', timeout=60_000)
+    page.locator('.app-classify').wait_for(state='visible')
+    record('page_load_to_widgets_visible', time.perf_counter() - t0)
+    kernel_id = re.search(r'"kernelId": "([0-9a-f-]{36})"', page.content()).group(1)
+    return page, kernel_id, js_errors
+
+
+def close_and_check_kernel_freed(page: Page, kernel_id: str, voila_server):
+    # Voila shuts a page's kernel down from a `beforeunload` handler, which Playwright only runs when asked.
+    page.close(run_before_unload=True)
+    deadline = time.monotonic() + 20
+    while f'Kernel shutdown: {kernel_id}' not in voila_server['log'].read_text():
+        assert time.monotonic() < deadline, f'kernel {kernel_id} still running after its tab closed'
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope='module')
+def app(browser, voila_server):
+    "One page shared by the upload tests (each leaves it ready for the next); closed by the last test."
+    page, kernel_id, js_errors = open_app(browser, voila_server)
+    state = {'page': page, 'kernel_id': kernel_id, 'js_errors': js_errors}
+    yield state
+    if not page.is_closed(): page.close(run_before_unload=True)
+
+
+# ---------------------------------------------------------------- helpers
+def upload(page: Page, path: Path):
+    # ipywidgets 8 keeps FileUpload's <input type=file> out of the DOM: go through the file chooser.
+    with page.expect_file_chooser() as chooser:
+        page.locator('.app-upload').click()
+    chooser.value.set_files(str(path))
+    # The kernel echoes "Ready: <name>" once the bytes arrived: only then is Classify meaningful.
+    expect(page.locator('.app-result')).to_contain_text(f'Ready: {path.name}', timeout=30_000)
+
+
+def classify(page: Page) -> str:
+    t0 = time.perf_counter()
+    page.locator('.app-classify').click()
+    outcome = page.locator('.app-result .ok, .app-result .error')
+    outcome.wait_for(state='visible', timeout=30_000)
+    record('click_to_result', time.perf_counter() - t0)
+    return outcome.inner_text()
+
+
+def shown_probs(page: Page) -> dict[str, float]:
+    rows = page.locator('.app-result .ok tr[data-label]')
+    return {rows.nth(i).get_attribute('data-label'): float(rows.nth(i).get_attribute('data-prob')) for i in range(rows.count())}
+
+
+def assert_no_traceback(page: Page):
+    body = page.inner_text('body').lower()
+    for leak in ('traceback', 'error when executing', 'exception', 'file "/'):
+        assert leak not in body, body
+
+
+def assert_classified_like(page: Page, predictor, path: Path):
+    "The page shows the predictor's answer for `path`: same label, every probability within 1e-4, the picture."
+    want = predictor.predict(path)
+    text = classify(page)
+    expect(page.locator('.app-result .ok')).to_be_visible()
+    assert want.label in text.splitlines()[0], text
+    got = shown_probs(page)
+    assert got.keys() == want.probs.keys() and max(abs(got[k] - want.probs[k]) for k in got) < TOL, (got, want.probs)
+    expect(page.locator('.widget-image')).to_be_visible()
+    assert_no_traceback(page)
+
+
+def shot(page: Page, name: str) -> Path:
+    path = SHOTS / f'{name}.png'
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+# ---------------------------------------------------------------- tests, in page order
+def test_classify_without_a_file(app):
+    page = app['page']
+    expect(page.locator('.app-limits')).to_contain_text('up to 5 MB')  # the limit is stated on the page
+    assert 'Please choose an image file first.' in classify(page)
+    assert_no_traceback(page)
+
+
+def test_good_photo_is_classified(app, inputs, predictor):
+    page = app['page']
+    upload(page, inputs['photo'].path)
+    assert_classified_like(page, predictor, inputs['photo'].path)
+    assert predictor.predict(inputs['photo'].path).label == 'grizzly'  # the sample photo is a grizzly
+    good = shot(page, '01_good_photo')
+    (ROOT / 'images').mkdir(exist_ok=True)
+    shutil.copy(good, ROOT / 'images' / 'app_bear_classifier.png')
+
+
+BAD = ['text_as_jpg', 'truncated', 'empty', 'too_large', 'bomb']
+
+
+@pytest.mark.parametrize('key', BAD)
+def test_bad_file_gets_message_then_next_photo_classifies(app, inputs, predictor, key):
+    page, bad = app['page'], inputs[key]
+    upload(page, bad.path)
+    text = classify(page)
+    expect(page.locator('.app-result .error')).to_be_visible()
+    assert bad.message in text and bad.path.name in text, text
+    expect(page.locator('.widget-image')).to_be_hidden()
+    assert_no_traceback(page)
+    shot(page, f'02_bad_{key}')
+    upload(page, inputs['photo'].path)
+    assert_classified_like(page, predictor, inputs['photo'].path)
+
+
+@pytest.mark.parametrize('key', ['rgba', 'grey', 'grey16', 'cmyk', 'gif', 'webp'])
+def test_other_formats_and_colour_modes_classify(app, inputs, predictor, key):
+    page = app['page']
+    upload(page, inputs[key].path)
+    assert_classified_like(page, predictor, inputs[key].path)
+    shot(page, f'03_format_{key}')
+
+
+def test_exif_rotated_photo_is_classified_upright(app, inputs, predictor):
+    page = app['page']
+    upload(page, inputs['exif_rotated'].path)
+    assert_classified_like(page, predictor, upright_reference(inputs))
+    from PIL import Image
+    (w, h), box = Image.open(inputs['photo'].path).size, page.locator('.widget-image').bounding_box()
+    assert Image.open(inputs['exif_rotated'].path).size == (h, w)  # the file stores it on its side...
+    assert (box['width'] > box['height']) == (w > h)  # ...the preview stands the way the photo was taken
+    shot(page, '04_exif_rotated')
+
+
+def test_html_in_file_name_is_shown_as_text(app, inputs, predictor):
+    page, up = app['page'], inputs['html_name']
+    upload(page, up.path)  # waits for the literal text "Ready: <img src=x ...>bear.jpg"
+    assert page.locator('.app-result img').count() == 0
+    assert page.evaluate('document.title') != '1'
+    assert_classified_like(page, predictor, up.path)
+    shot(page, '05_html_file_name')
+
+
+def test_closing_the_tab_frees_its_kernel(app, voila_server):
+    assert not app['js_errors'], app['js_errors']
+    close_and_check_kernel_freed(app['page'], app['kernel_id'], voila_server)
+
+
+def test_visitor_cannot_execute_code(voila_server, tmp_path):
+    "Voila forwards only widget (comm) and kernel-info messages; an execute_request is dropped."
+    from websocket import create_connection
+    html = NO_PROXY.open(voila_server['url'], timeout=90).read().decode()  # starts a kernel, as a visitor would
+    kernel_id = re.search(r'"kernelId": "([0-9a-f-]{36})"', html).group(1)
+    ws = create_connection(f"ws://127.0.0.1:{voila_server['port']}/api/kernels/{kernel_id}/channels", timeout=30)
+    session = uuid.uuid4().hex
+
+    def send(msg_type: str, content: dict) -> str:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({'header': {'msg_id': msg_id, 'msg_type': msg_type, 'session': session, 'username': 'visitor',
+                                       'version': '5.3', 'date': '2026-01-01T00:00:00Z'},
+                            'parent_header': {}, 'metadata': {}, 'content': content, 'channel': 'shell', 'buffers': []}))
+        return msg_id
+
+    marker = tmp_path / 'pwned'
+    exec_id = send('execute_request', {'code': f"open({str(marker)!r}, 'w').write('x')", 'silent': False,
+                                       'store_history': False, 'user_expressions': {}, 'allow_stdin': False})
+    info_id = send('kernel_info_request', {})  # the shell channel is FIFO: its reply comes after any execute_reply
+    seen = []
+    try:
+        while (info_id, 'kernel_info_reply') not in seen:
+            raw = ws.recv()
+            if isinstance(raw, bytes): continue
+            msg = json.loads(raw)
+            seen.append((msg['parent_header'].get('msg_id'), msg['header']['msg_type']))
+    finally: ws.close()
+    assert not any(pid == exec_id for pid, _ in seen), seen
+    assert not marker.exists()
+    time.sleep(0.5)
+    assert 'Received message of type "execute_request", which is not allowed' in voila_server['log'].read_text()
+
+
+def test_no_files_can_be_downloaded(voila_server):
+    for path in ['voila/files/bear_classifier.ipynb', 'voila/files/voila.py', 'voila/files/cat_or_dog.ipynb']:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            NO_PROXY.open(voila_server['url'] + path, timeout=10)
+        assert err.value.code == 403, (path, err.value.code)
+
+
+@pytest.mark.parametrize('app_nb, name', [('apps/bear_classifier.ipynb', 'bears'), ('apps/cat_or_dog.ipynb', 'pets')])
+def test_app_notebook_without_model_explains_how_to_make_one(app_nb, name):
+    "Run top to bottom like the test suite (sample mode, no model in its fresh FASTAI_HOME), as on Colab."
+    import nbformat
+    import notebook_runner
+    run = run_notebook(app_nb)
+    assert run.error is None, run.error
+    model = Path(notebook_runner._workdir) / 'fastai_home' / 'models' / 'apps' / name
+    if not model.exists():  # (a lesson run earlier in this session may have exported one)
+        nb = nbformat.read(ARTIFACTS / 'notebooks' / app_nb, as_version=4)
+        text = json.dumps([c.get('outputs', []) for c in nb.cells])
+        assert f'course make-model {name}' in text, text[:2000]

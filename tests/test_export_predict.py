@@ -1,0 +1,209 @@
+"""Models exported for apps: the fastai-free predictor agrees with `learn.predict`, refuses broken model
+folders and bad uploads with clear messages, and never imports fastai (nor torch when ONNX Runtime is there)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_inputs import make_inputs, upright_reference
+from demo_model import demo_models_dir, sample_bear_photo
+from course_utils.predict import ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available, read_manifest
+
+BACKENDS = ['torch'] + (['onnx'] if onnxruntime_available() else [])
+TOL = 1e-4
+
+
+# ---------------------------------------------------------------- parity with learn.predict, per resize method
+@pytest.fixture(scope='module')
+def pets(tmp_path_factory):
+    "A small trained cat/dog learner on the pets sample, and pictures of awkward shapes to predict."
+    from fastai.vision.all import ImageDataLoaders, Resize, resnet18, vision_learner
+    from course_utils.core import CPUSpeedup
+    from course_utils.export import cat_or_dog
+    from course_utils.samples import build_pets
+    root = tmp_path_factory.mktemp('pets')
+    images = build_pets(root / 'pets', n_per_breed=2) / 'images'
+    files = sorted(images.glob('*.jpg'))
+    dls = ImageDataLoaders.from_path_func(images, files, cat_or_dog, valid_pct=0.25, seed=0, item_tfms=Resize(48),
+                                          bs=16, num_workers=0)
+    learn = vision_learner(dls, resnet18, pretrained=False)
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, CPUSpeedup)])  # predictions in float32, like the app
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
+    rng = np.random.default_rng(1)
+    pictures = files[:3]
+    for name, (w, h) in {'wide': (300, 110), 'tall': (90, 260), 'tiny': (31, 19)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).resize((w, h)).save(root / f'{name}.png')
+        pictures.append(root / f'{name}.png')
+    return learn, files, pictures, root
+
+
+METHODS = {
+    'crop': dict(item='Resize(48)'),
+    'squish': dict(item="Resize((40, 56), method='squish')"),
+    'pad_zeros': dict(item="Resize(48, method='pad', pad_mode='zeros')"),
+    'pad_reflection': dict(item="Resize((56, 40), method='pad', pad_mode='reflection')", normalize=True),
+    'random_resized_crop': dict(item='RandomResizedCrop(48, min_scale=0.5)', augment=True),  # lesson 2's recipe
+}
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_predictor_matches_learn_predict(pets, method):
+    from fastai.vision.all import (ImageDataLoaders, Normalize, PILImage, RandomResizedCrop, Resize, aug_transforms,
+                                   imagenet_stats)
+    from course_utils.export import cat_or_dog, export_for_app
+    learn, files, pictures, root = pets
+    spec = METHODS[method]
+    batch_tfms = (aug_transforms() if spec.get('augment') else []) + ([Normalize.from_stats(*imagenet_stats)] if spec.get('normalize') else [])
+    learn.dls = ImageDataLoaders.from_path_func(files[0].parent, files, cat_or_dog, valid_pct=0.25, seed=0, bs=16,
+                                                item_tfms=eval(spec['item']), batch_tfms=batch_tfms, num_workers=0)
+    out = export_for_app(learn, root / method)
+    manifest = read_manifest(out)
+    assert manifest['input']['method'] == {'pad_zeros': 'pad', 'pad_reflection': 'pad'}.get(method, method)
+    assert (manifest['input']['normalize'] is not None) == bool(spec.get('normalize'))
+    want = {p: learn.predict(PILImage.create(p)) for p in pictures}
+    for backend in BACKENDS:
+        predictor = load_predictor(out, backend)
+        for p, (label, _, probs) in want.items():
+            got = predictor.predict(p)
+            assert got.label == str(label), (backend, p.name)
+            diff = np.abs(np.array(list(got.probs.values())) - probs.numpy()).max()
+            assert diff < TOL, (backend, p.name, diff)
+            # The same bytes, or an already opened image, give the same answer.
+            assert predictor.predict(p.read_bytes()).probs == got.probs
+            assert predictor.predict(Image.open(p).convert('RGB')).probs == got.probs
+
+
+def test_wrong_preprocessing_is_detected(pets):
+    "The 1e-4 tolerance is meaningful: preprocessing a wide picture the wrong way changes the answer by far more."
+    from fastai.vision.all import ImageDataLoaders, PILImage, Resize
+    from course_utils.export import cat_or_dog, export_for_app
+    learn, files, pictures, root = pets
+    learn.dls = ImageDataLoaders.from_path_func(files[0].parent, files, cat_or_dog, valid_pct=0.25, seed=0, bs=16,
+                                                item_tfms=Resize(48), num_workers=0)
+    out = export_for_app(learn, root / 'wrong')
+    manifest = json.loads((out / 'manifest.json').read_text())
+    manifest['input'] |= {'method': 'pad', 'pad_mode': 'zeros'}
+    (out / 'manifest.json').write_text(json.dumps(manifest))
+    wrong = load_predictor(out)
+    diffs = [np.abs(np.array(list(wrong.predict(p).probs.values())) - learn.predict(PILImage.create(p))[2].numpy()).max()
+             for p in pictures]
+    assert max(diffs) > 100 * TOL, diffs
+
+
+# ---------------------------------------------------------------- the demo model and broken model folders
+@pytest.fixture(scope='module')
+def bears_model():
+    return demo_models_dir() / 'bears'
+
+
+def test_demo_model_learned_and_is_complete(bears_model):
+    assert sorted(p.name for p in bears_model.iterdir()) == ['manifest.json', 'model.onnx', 'model.safetensors']
+    m = read_manifest(bears_model)
+    assert m['vocab'] == ['black', 'grizzly', 'teddy'] and m['model']['arch'] == 'resnet18'
+    assert {'fastai', 'torch', 'onnx'} <= set(m['versions']) and m['input']['size'] == [64, 64]  # the sample's size
+    assert m['notes']['data'] == 'sample' and m['notes']['valid_accuracy'] > 0.6, m['notes']  # chance: 1/3
+
+
+def _broken_copy(src: Path, dest: Path, edit) -> Path:
+    shutil.copytree(src, dest)
+    m = json.loads((dest / 'manifest.json').read_text())
+    edit(m)
+    (dest / 'manifest.json').write_text(json.dumps(m))
+    return dest
+
+
+BROKEN = {
+    'unknown_arch': (lambda m: m['model'].update(arch='resnet99'), "unknown architecture 'resnet99'"),
+    'other_export': (lambda m: m.update(export_id='0' * 32), 'does not belong to'),
+    'too_many_labels': (lambda m: m.update(vocab=['black', 'grizzly', 'teddy', 'panda']), r'\(4 labels\)'),
+    'bad_method': (lambda m: m['input'].update(method='stretch'), "'input.method' must be one of"),
+    'no_vocab': (lambda m: m.pop('vocab'), "'vocab' is missing"),
+}
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('case', BROKEN)
+def test_broken_manifest_gives_clear_error(bears_model, tmp_path, backend, case):
+    edit, message = BROKEN[case]
+    broken = _broken_copy(bears_model, tmp_path / case, edit)
+    with pytest.raises(ModelError, match=message):
+        load_predictor(broken, backend)
+
+
+@pytest.mark.skipif('onnx' not in BACKENDS, reason='needs onnxruntime')
+def test_onnx_graph_must_match_manifest_input_size(bears_model, tmp_path):
+    # The PyTorch network accepts any size, so only the ONNX graph can tell that the manifest lies about it.
+    broken = _broken_copy(bears_model, tmp_path / 'size', lambda m: m['input'].update(size=[96, 96]))
+    with pytest.raises(ModelError, match=r'\[96, 96\] images'): load_predictor(broken, 'onnx')
+
+
+def test_unreadable_manifest_and_mismatched_weights(bears_model, tmp_path):
+    broken = _broken_copy(bears_model, tmp_path / 'json', lambda m: None)
+    (broken / 'manifest.json').write_text('{"format_version": 1, "vocab": [')
+    with pytest.raises(ModelError, match='not valid JSON'): load_predictor(broken)
+    # A resnet34 manifest over resnet18 weights: the PyTorch backend names the mismatch.
+    arch = _broken_copy(bears_model, tmp_path / 'arch', lambda m: m['model'].update(arch='resnet34'))
+    with pytest.raises(ModelError, match='do not fit the architecture'): load_predictor(arch, 'torch')
+    (arch / 'model.safetensors').write_bytes(b'not safetensors')
+    with pytest.raises(ModelError, match='not a readable safetensors file'): load_predictor(arch)
+
+
+# ---------------------------------------------------------------- uploads
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    return make_inputs(tmp_path_factory.mktemp('uploads'), sample_bear_photo())
+
+
+def test_bad_uploads_get_friendly_messages_good_ones_classify(bears_model, inputs):
+    predictor = load_predictor(bears_model)
+    reference = predictor.predict(inputs['photo'].path)
+    assert reference.label == 'grizzly', reference  # a training picture of the sample
+    for up in inputs.values():
+        if up.message:
+            with pytest.raises(ImageInputError, match=up.message):
+                predictor.predict(up.path.read_bytes(), name=f"'{up.path.name}'")
+        else:
+            p = predictor.predict(up.path.read_bytes())
+            assert p.label in predictor.vocab and abs(sum(p.probs.values()) - 1) < 1e-5, up.key
+    # Colour conversions keep the picture recognisable.
+    for key in ('webp', 'cmyk', 'gif'):
+        assert predictor.predict(inputs[key].path).label == 'grizzly', key
+
+
+def test_exif_rotation_is_applied(bears_model, inputs):
+    stored = Image.open(inputs['exif_rotated'].path)
+    upright = load_image(inputs['exif_rotated'].path)
+    assert upright.size == stored.size[::-1] == Image.open(inputs['photo'].path).size
+    ref = upright_reference(inputs)
+    assert np.array_equal(np.asarray(upright), np.asarray(Image.open(ref)))
+    predictor = load_predictor(bears_model)
+    assert predictor.predict(inputs['exif_rotated'].path) == predictor.predict(ref)
+
+
+def test_transparent_and_16_bit_images_convert_sensibly(inputs):
+    rgba = load_image(inputs['rgba'].path)
+    assert rgba.mode == 'RGB' and rgba.getpixel((0, 0)) == (255, 255, 255)  # fully transparent corner -> white
+    grey16, grey = load_image(inputs['grey16'].path), load_image(inputs['grey'].path)
+    assert np.abs(np.asarray(grey16, int) - np.asarray(grey, int)).max() <= 1
+
+
+# ---------------------------------------------------------------- what the predictor's process imports
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_predictor_process_never_imports_fastai(bears_model, backend):
+    code = f"""
+import json, sys
+from course_utils.predict import load_predictor
+p = load_predictor({str(bears_model)!r}, {backend!r}).predict({str(sample_bear_photo())!r})
+print(json.dumps(dict(label=p.label, fastai='fastai' in sys.modules, torch='torch' in sys.modules)))
+"""
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r['label'] == 'grizzly' and not r['fastai'], r
+    if backend == 'onnx': assert not r['torch'], r
