@@ -1,0 +1,57 @@
+"""Lesson 4 (MNIST basics): every model in the notebook learns on the sample, and real data is picked up when cached."""
+import pytest
+from fastai.data.external import URLs, fastai_cfg
+
+from course_utils import core
+from course_utils.data import course_data, sample_path
+from course_utils.samples import build_mnist_sample
+from notebook_runner import run_notebook
+
+LESSON = 'lessons/04_mnist_basics.ipynb'
+
+
+@pytest.fixture(scope='module')
+def lesson():
+    run = run_notebook(LESSON)
+    assert run.error is None, run.error
+    return run
+
+
+def test_pixel_similarity_baseline_beats_chance(lesson):
+    assert lesson.metric('accuracy_pixel_similarity') > 0.8
+
+
+@pytest.mark.parametrize('metric', ['accuracy_linear_scratch', 'accuracy_linear_learner',
+                                    'accuracy_simple_net', 'accuracy_resnet18'])
+def test_trained_models_beat_090(lesson, metric):
+    assert lesson.metric(metric) > 0.90
+
+
+def test_ledger_lines_say_sample_and_carry_book_figures(lesson):
+    rows = {r['metric']: r for r in lesson.results if r['lesson'] == '04_mnist_basics'}
+    assert {m: r['book'] for m, r in rows.items()} == {
+        'accuracy_pixel_similarity': 0.9511, 'accuracy_linear_scratch': 0.9696,
+        'accuracy_linear_learner': 0.9676, 'accuracy_simple_net': 0.9828, 'accuracy_resnet18': 0.9971}
+    assert all(r['data'] == 'sample' for r in rows.values())
+
+
+def test_cached_real_mnist_sample_is_used_offline(tmp_path, monkeypatch, capsys):
+    "With MNIST_SAMPLE in fastai's cache, the lesson's first call returns it, offline, and records it as real."
+    home = tmp_path / 'fastai_home'
+    build_mnist_sample(home / 'data' / 'mnist_sample')  # a stand-in with the real layout
+    monkeypatch.setenv('FASTAI_HOME', str(home))
+    monkeypatch.setenv('COURSE_OFFLINE', '1')
+    monkeypatch.delenv('COURSE_SAMPLE', raising=False)
+    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
+    core._data_kinds.clear()
+    try:
+        path = course_data(URLs.MNIST_SAMPLE)
+        assert path == home / 'data' / 'mnist_sample'
+        assert core._data_kinds == {'mnist_sample': 'real'}
+        assert not core.using_sample_data() and core.scale(40, sample=3) == 40  # the book's settings apply
+        assert not sample_path(URLs.MNIST_SAMPLE).exists()
+        assert 'offline sample' not in capsys.readouterr().out
+        assert sorted(p.name for p in (path / 'train').iterdir()) == ['3', '7']
+    finally:
+        core._data_kinds.clear()
+        fastai_cfg.cache_clear()
