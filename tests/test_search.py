@@ -1,4 +1,4 @@
-"""The image search helper of lesson 2, with fake backends: no network, no real waiting."""
+"""The image search of lesson 2 (course_utils.search), with fake backends: no network, no real waiting."""
 import functools
 import http.server
 import io
