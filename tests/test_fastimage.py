@@ -16,7 +16,7 @@ from PIL import Image
 os.environ.setdefault('COURSE_SAMPLE', '1')
 os.environ.setdefault('COURSE_OFFLINE', '1')
 
-from fastai.vision.all import (CategoryBlock, TensorImage, DataBlock, ImageDataLoaders, Resize, RandomResizedCrop, RandomSplitter,
+from fastai.vision.all import (CategoryBlock, ConvLayer, CrossEntropyLossFlat, ImageBlock, Learner, TensorImage, nn, DataBlock, ImageDataLoaders, Resize, RandomResizedCrop, RandomSplitter,
                                URLs, error_rate, get_image_files, resnet18, set_seed, using_attr, vision_learner)
 
 from course_utils.core import setup_course
@@ -92,7 +92,7 @@ def test_gpu_batches_match_stock(pets, method):
     (xs, ys), (xf, yf) = all_valid(stock), all_valid(fast)
     assert torch.equal(ys, yf)
     diff = ((xs - xf).abs() * 255).flatten()
-    print(f"GPU vs stock, {method}: max {diff.max():.0f} mean {diff.mean():.3f} p99 {diff.quantile(0.99):.1f}")
+    print(f"GPU vs stock, {method}: max {float(diff.max()):.0f} mean {float(diff.mean()):.3f} p99 {float(diff.quantile(0.99)):.1f}")
     assert_close(xs, xf, GPU, ('gpu', method))
 
 
@@ -140,17 +140,18 @@ def test_odd_files_fall_back_or_are_skipped(tmp_path, device, decode_in_workers)
 
 
 def test_a_learner_on_fast_images_learns_like_stock(pets):
+    "Lesson 1's task (cat or dog?) at a small size, with a small CNN so that two trainings fit in the test's time."
     path, _ = pets
     def train(block):
         set_seed(42, reproducible=True)
         dls = DataBlock(blocks=(block, CategoryBlock), get_items=get_image_files, splitter=RandomSplitter(seed=42),
-                        get_y=using_attr(is_cat, 'name'), item_tfms=Resize(48)).dataloaders(path, bs=32, num_workers=0)
-        learn = vision_learner(dls, resnet18, metrics=error_rate, pretrained=False)
-        learn.fit_one_cycle(2, 3e-3)
+                        get_y=using_attr(is_cat, 'name'), item_tfms=Resize(32)).dataloaders(path, bs=32, num_workers=0)
+        model = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=error_rate)
+        learn.fit_one_cycle(3, 1e-2)
         return learn.validate()[1]
-    from fastai.vision.all import ImageBlock
     stock, fast = train(ImageBlock), train(FastImageBlock)
-    majority = 25 / 37  # dogs are 25 of the 37 breeds: always answering "dog" errs on about 32%
-    assert stock < 0.2 and fast < 0.2, (stock, fast)
+    chance = 12 / 37  # cats are 12 of the 37 breeds: always answering "dog" errs on about 32%
+    assert stock < chance / 2 and fast < chance / 2, (stock, fast)
     assert abs(stock - fast) < 0.1, (stock, fast)
-    assert fast < (1 - majority) / 2
