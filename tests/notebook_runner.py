@@ -41,8 +41,8 @@ _workdir: Path | None = None
 
 def sample_env(workdir: Path) -> dict[str, str]:
     "Environment for a notebook kernel: samples only, no network, caches in `workdir`."
-    env = dict(os.environ)
-    env.update(COURSE_SAMPLE='1', COURSE_OFFLINE='1', IN_TEST='1', MPLBACKEND='Agg',
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}  # kernels draw plots inline
+    env.update(COURSE_SAMPLE='1', COURSE_OFFLINE='1', IN_TEST='1',
                FASTAI_HOME=str(workdir / 'fastai_home'), TORCH_HOME=str(workdir / 'torch_home'),
                PYTHONWARNINGS='ignore::FutureWarning')
     return env
