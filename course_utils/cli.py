@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     app = sub.add_parser('app', help='serve an app with Voila')
     app.add_argument('kind', choices=list(APPS), help='which app')
     app.add_argument('--port', type=int, default=8866)
-    app.add_argument('args', nargs=argparse.REMAINDER, help='extra arguments for voila')
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)  # `course app` passes options it does not know on to voila
+    if extra and a.cmd != 'app': ap.error(f"unrecognized arguments: {' '.join(extra)}")
     root = repo_root()
     if a.cmd == 'list':
         for p in lessons(root): print(p.stem)
@@ -111,5 +111,5 @@ def main(argv: list[str] | None = None) -> int:
         from course_utils.export import train_demo_model  # imports fastai: only when needed
         train_demo_model(a.kind, a.dest)
         return 0
-    if a.cmd == 'app': return serve_app(root, a.kind, a.port, a.args)
+    if a.cmd == 'app': return serve_app(root, a.kind, a.port, extra)
     return subprocess.call([sys.executable, '-m', 'jupyter', 'lab', str(root / 'nbs' / 'lessons'), *a.args])
