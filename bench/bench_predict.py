@@ -4,7 +4,7 @@ A resnet34 with 2 classes at 224 px (random weights: speed does not depend on th
 `learn.export()` (a pickle) and `export_for_app` (safetensors + ONNX + manifest). Then, on this machine:
 
 1. latency per image, median of 50: `learn.predict`, our predictor on ONNX Runtime and on PyTorch, and the
-   bare PyTorch forward pass of the same network on an already prepared tensor (the floor for eager PyTorch);
+   bare forward pass of the same network on an already prepared tensor, in PyTorch and ONNX Runtime (the floors);
 2. process start to first prediction, in fresh processes: `import fastai.vision.all` + `load_learner` +
    `predict`, against `course_utils.predict.load_predictor` + `predict`; and the resident memory (RSS) of each
    process after that first prediction (what one app kernel costs);
@@ -88,13 +88,17 @@ def latency(work: Path, photo: Path, threads: int) -> dict:
     x = torch.from_numpy(onnx.preprocess(Image.open(photo).convert('RGB')))
     def forward():
         with torch.inference_mode(): model(x)
-    want = learn.predict(PILImage.create(photo))[2].numpy()
+    predict = lambda: learn.predict(PILImage.create(photo))
+    with learn.no_bar(): want = predict()[2].numpy()  # no progress bar: printing it would only slow fastai down
     diffs = {name: float(np.abs(np.array(list(p.predict(photo).probs.values())) - want).max()) for name, p in
              (('onnx', onnx), ('torch', eager))}
-    return {'learn.predict': median_ms(lambda: learn.predict(PILImage.create(photo))),
+    with learn.no_bar(): stock = median_ms(predict)
+    xn = x.numpy()
+    return {'learn.predict': stock,
             'ours (onnx)': median_ms(lambda: onnx.predict(photo)),
             'ours (torch)': median_ms(lambda: eager.predict(photo)),
-            'bare forward (torch)': median_ms(forward), 'max_prob_diff': diffs,
+            'bare forward (torch)': median_ms(forward), 'bare forward (onnx)': median_ms(lambda: onnx._run(xn)),
+            'max_prob_diff': diffs,
             'probs': [round(float(p), 4) for p in want]}
 
 
@@ -205,7 +209,7 @@ def table(lat: dict, start: dict, load: dict | None, threads: int) -> str:
     rows = [f'Machine: {os.cpu_count()} CPU cores, shared with other people\'s jobs while measuring (load average '
             f'{os.getloadavg()[0]:.1f}), so absolute numbers are noisy; ratios come from one run. Threads per model: {threads}.',
             '', '| per image (median of 50) | ms | learn.predict / this |', '|---|---:|---:|']
-    for k in ('learn.predict', 'ours (onnx)', 'ours (torch)', 'bare forward (torch)'):
+    for k in ('learn.predict', 'ours (onnx)', 'ours (torch)', 'bare forward (torch)', 'bare forward (onnx)'):
         rows.append(f'| {k} | {lat[k]:.1f} | {base / lat[k]:.2f}x |')
     rows += ['', f"Largest probability difference from learn.predict on the test photo (probabilities {lat['probs']}): "
              f"onnx {lat['max_prob_diff']['onnx']:.1e}, torch {lat['max_prob_diff']['torch']:.1e}.", '',
