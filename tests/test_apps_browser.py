@@ -87,7 +87,8 @@ def voila_server(models, tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(os.environ, COURSE_MODELS=str(models), JUPYTER_DATA_DIR=str(home / 'data'),
-               JUPYTER_RUNTIME_DIR=str(home / 'runtime'), IPYTHONDIR=str(home / 'ipython'), PYTHONWARNINGS='ignore')
+               JUPYTER_RUNTIME_DIR=str(home / 'runtime'), IPYTHONDIR=str(home / 'ipython'), XDG_CACHE_HOME=str(home / 'cache'),
+               PYTHONWARNINGS='ignore')
     cmd = [str(Path(sys.executable).with_name('voila')), 'bear_classifier.ipynb', '--no-browser', f'--port={port}',
            '--Voila.ip=127.0.0.1', '--Voila.port_retries=0']
     log_path = SHOTS / 'voila.log'

@@ -16,6 +16,15 @@ from app_inputs import make_inputs, upright_reference
 from demo_model import demo_models_dir, sample_bear_photo
 from course_utils.predict import ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available, read_manifest
 
+
+@pytest.fixture(scope='module', autouse=True)
+def private_cache(tmp_path_factory):
+    "Keep ONNX Runtime's optimised graphs out of the user's ~/.cache."
+    mp = pytest.MonkeyPatch()
+    mp.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('cache')))
+    yield
+    mp.undo()
+
 BACKENDS = ['torch'] + (['onnx'] if onnxruntime_available() else [])
 TOL = 1e-4
 
@@ -153,6 +162,21 @@ def test_unreadable_manifest_and_mismatched_weights(bears_model, tmp_path):
     with pytest.raises(ModelError, match='do not fit the architecture'): load_predictor(arch, 'torch')
     (arch / 'model.safetensors').write_bytes(b'not safetensors')
     with pytest.raises(ModelError, match='not a readable safetensors file'): load_predictor(arch)
+
+
+@pytest.mark.skipif('onnx' not in BACKENDS, reason='needs onnxruntime')
+def test_optimised_graph_is_cached_per_export_and_rebuilt_when_damaged(bears_model, tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    photo = sample_bear_photo()
+    first = load_predictor(bears_model, 'onnx').predict(photo)
+    cached = list((tmp_path / 'course_utils' / 'onnx').iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith(read_manifest(bears_model)['export_id']), cached
+    again = load_predictor(bears_model, 'onnx').predict(photo)
+    cached[0].write_bytes(b'damaged')
+    rebuilt = load_predictor(bears_model, 'onnx').predict(photo)
+    assert cached[0].stat().st_size > 1_000_000  # a real graph again
+    for p in (again, rebuilt):
+        assert p.label == first.label and max(abs(p.probs[k] - first.probs[k]) for k in p.probs) < 1e-6
 
 
 # ---------------------------------------------------------------- uploads
