@@ -149,7 +149,7 @@ def _draw_object(d: ImageDraw.ImageDraw, rng, cls: int, w: int, h: int):
     d.ellipse([x - size / 4, y - size / 4, x + size / 4, y + size / 4], fill=(255, 255, 255) if cls >= 10 else (0, 0, 0))
 
 # %% ../nbs/02_samples.ipynb #0c7cdd28
-def build_pascal_2007(dest: Path, n_images: int = 320, seed: int = 42) -> Path:
+def build_pascal_2007(dest: Path, n_images: int = 480, seed: int = 42) -> Path:
     "PASCAL_2007 layout: `train.csv` (fname,labels,is_valid) and `train/*.jpg` (also `test.csv`, `test/`)."
     rng, dest = _rng(seed), Path(dest)
     weights = np.ones(len(PASCAL_CLASSES))
@@ -165,7 +165,7 @@ def build_pascal_2007(dest: Path, n_images: int = 320, seed: int = 42) -> Path:
             for c in classes: _draw_object(d, rng, c, w, h)
             fname = f'{first + 2 * i:06d}.jpg'
             _save_jpeg(img, dest / split / fname)
-            rows.append((fname, ' '.join(PASCAL_CLASSES[c] for c in classes), rng.random() < 0.5))
+            rows.append((fname, ' '.join(PASCAL_CLASSES[c] for c in classes), rng.random() < 0.3))
         return rows
     for split, n, first, cols in (('train', n_images, 5, True), ('test', n_images // 8, 1, False)):
         rows = make(split, n, first)
@@ -244,7 +244,7 @@ def _ml100k_ratings(n_users: int, n_movies: int, n_ratings: int, n_factors: int,
     return users, movies, ratings, expected, rng
 
 # %% ../nbs/02_samples.ipynb #95ba58d0
-ML100K_SAMPLE = dict(n_users=600, n_movies=800, n_ratings=40_000, n_factors=5, noise=0.6, seed=42)
+ML100K_SAMPLE = dict(n_users=300, n_movies=400, n_ratings=40_000, n_factors=5, noise=0.6, seed=42)
 
 def build_ml_100k(dest: Path, **params) -> Path:
     "MovieLens 100k layout: `u.data`, `u.item` (latin-1), `u.user`, generated from known latent factors."
