@@ -162,7 +162,7 @@ def cat_or_dog(path) -> str:
 def train_demo_model(kind: str = 'bears', dest=None, arch=None, size: int | None = None, epochs: int | None = None) -> Path:
     "Train a small classifier on the bears or pets data (real if cached, else the sample) and `export_for_app` it."
     from fastai.vision.all import (ImageDataLoaders, URLs, accuracy, get_image_files, parent_label, resnet18,
-                                   verify_image, vision_learner)
+                                   set_seed, verify_image, vision_learner)
     from course_utils.core import pretrained, scale, setup_course, using_sample_data
     from course_utils.data import BEARS, course_data
     from course_utils.predict import app_model_dir
@@ -176,7 +176,8 @@ def train_demo_model(kind: str = 'bears', dest=None, arch=None, size: int | None
     else:
         path = course_data(URLs.PETS) / 'images'
         files, label_func = get_image_files(path), cat_or_dog
-    size, epochs = size or scale(224, sample=64), epochs or 4
+    size, epochs = size or scale(224, sample=64), epochs or scale(4, sample=8)
+    set_seed(42)  # the same demo model every time, so the apps' tests see the same answers
     dls = ImageDataLoaders.from_path_func(path, files, label_func, valid_pct=0.2, seed=42,
                                           item_tfms=Resize(size), bs=scale(64, sample=16))
     use_pretrained = pretrained(arch)
