@@ -1,4 +1,7 @@
 import pytest
+from fastai.data.external import fastai_cfg
+
+from course_utils import core
 
 from notebook_runner import NBS, all_runs, set_workdir
 
@@ -7,6 +10,19 @@ from notebook_runner import NBS, all_runs, set_workdir
 def notebook_workdir(tmp_path_factory):
     "One cache of samples and settings shared by every notebook in the session."
     set_workdir(tmp_path_factory.mktemp('course'))
+
+
+
+@pytest.fixture
+def fastai_home(tmp_path, monkeypatch):
+    "A private FASTAI_HOME with samples and the network not forced either way, for data-layer tests."
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))
+    for var in ('COURSE_SAMPLE', 'COURSE_OFFLINE'): monkeypatch.delenv(var, raising=False)
+    core._data_kinds.clear()
+    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
+    yield tmp_path / 'fastai_home'
+    core._data_kinds.clear()
+    fastai_cfg.cache_clear()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -7,22 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fastai.data.external import fastai_cfg
 
 from course_utils import core
 from course_utils.data import DataDownloadError, course_data, real_path, sample_path
 from course_utils.samples import build_mnist_sample
-
-
-@pytest.fixture
-def fastai_home(tmp_path, monkeypatch):
-    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))
-    for var in ('COURSE_SAMPLE', 'COURSE_OFFLINE'): monkeypatch.delenv(var, raising=False)
-    core._data_kinds.clear()
-    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
-    yield tmp_path / 'fastai_home'
-    core._data_kinds.clear()
-    fastai_cfg.cache_clear()
 
 
 @pytest.fixture

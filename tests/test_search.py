@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from ddgs.exceptions import DDGSException, RatelimitException
-from fastai.data.external import fastai_cfg
 from fastai.vision.utils import get_image_files, verify_images
 from PIL import Image
 
@@ -123,17 +122,6 @@ def test_ddgs_adapter_asks_for_images_and_turns_no_results_into_empty(monkeypatc
 
 
 # gather_images: when to search, and the fallback to the sample
-
-@pytest.fixture
-def fastai_home(tmp_path, monkeypatch):
-    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai_home'))
-    for var in ('COURSE_SAMPLE', 'COURSE_OFFLINE'): monkeypatch.delenv(var, raising=False)
-    core._data_kinds.clear()
-    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
-    yield tmp_path / 'fastai_home'
-    core._data_kinds.clear()
-    fastai_cfg.cache_clear()
-
 
 def no_search(clock=None):
     def backend(term, max_results): raise AssertionError(f'searched for {term!r} although it should not')
