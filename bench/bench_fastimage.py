@@ -77,7 +77,7 @@ def make_dls(files, folder, cfg, args, workers):
     # number and picks its own (its workers only read files, so it starts few of them on a GPU)
     nw = None if cfg['fast'] and workers == 'all' else (min(16, os.cpu_count() or 1) if workers == 'all' else workers)
     return cls.from_name_func(folder, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(args.size),
-                              bs=cfg['bs'], num_workers=nw, device=args.device)
+                              bs=cfg['bs'], num_workers=cfg.get('num_workers', nw), device=args.device, **cfg.get('dl_kwargs', {}))
 
 def data_only(files, folder, cfg, args, workers) -> float:
     "Images per second out of the training loader (batches ready on the device), one pass, workers' start included."
@@ -89,27 +89,94 @@ def data_only(files, folder, cfg, args, workers) -> float:
     sync(args.device)
     return n / (time.perf_counter() - t0)
 
+def apply_settings(learn, cfg, args):
+    "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training`."
+    from course_utils.fastimage import fast_training
+    if cfg['training'] == 'fast': fast_training(learn, bf16=cfg['precision'] == 'bf16')
+    elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
+    return learn
+
 def fine_tune(files, folder, cfg, args, workers) -> dict:
     "Wall time of `fine_tune(1)` as lesson 1 runs it, the unfrozen epoch's training speed, and the final error rate."
     import torch
     from fastai.vision.all import Callback, error_rate, set_seed, vision_learner
     class TrainSpeed(Callback):
+        "Training images/s per epoch: over the whole epoch, and from the end of its first batch (workers started, shapes tuned)."
         order = 100
-        def before_fit(self): self.speeds = getattr(self, 'speeds', [])
-        def before_train(self): sync(args.device); self.n, self.t0 = 0, time.perf_counter()
+        def before_fit(self): self.speeds, self.steady = getattr(self, 'speeds', []), getattr(self, 'steady', [])
+        def before_train(self): sync(args.device); self.n, self.t0, self.first = 0, time.perf_counter(), None
         def after_batch(self):
-            if self.training: self.n += len(self.yb[0])
-        def after_train(self): sync(args.device); self.speeds.append(self.n / (time.perf_counter() - self.t0))
+            if not self.training: return
+            self.n += len(self.yb[0])
+            if self.first is None: sync(args.device); self.first = (self.n, time.perf_counter())
+        def after_train(self):
+            sync(args.device); t = time.perf_counter()
+            self.speeds.append(self.n / (t - self.t0))
+            self.steady.append((self.n - self.first[0]) / (t - self.first[1]) if self.n > self.first[0] else float('nan'))
     set_seed(42)
     dls = make_dls(files, folder, cfg, args, workers)
     speed = TrainSpeed()
-    learn = vision_learner(dls, args.arch_fn, metrics=error_rate, pretrained=False, cbs=speed)
-    if cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
+    learn = apply_settings(vision_learner(dls, args.arch_fn, metrics=error_rate, pretrained=False, cbs=speed), cfg, args)
     with learn.no_logging(), learn.no_bar():
         sync(args.device); t0 = time.perf_counter()
         learn.fine_tune(1)
         sync(args.device); seconds = time.perf_counter() - t0
-    return dict(seconds=seconds, train_img_s_unfrozen=speed.speeds[-1], error_rate=float(learn.recorder.values[-1][-1]))
+        checks = error_checks(learn)
+    return dict(seconds=seconds, train_img_s_unfrozen=speed.speeds[-1], train_img_s_unfrozen_steady=speed.steady[-1],
+                error_rate=float(learn.recorder.values[-1][-1]), **checks)
+
+def error_checks(learn) -> dict:
+    "The validation error again without mixed precision, then with BatchNorm on batch statistics: where a bad error comes from."
+    from torch import nn
+    from fastai.vision.all import Callback
+    class BatchStatsBN(Callback):
+        order = 100  # after fastai puts the model in eval mode
+        def before_validate(self):
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm): m.train()
+    res = {}
+    if hasattr(learn, 'mixed_precision'):
+        with learn.removed_cbs(learn.mixed_precision): res['error_rate_fp32_eval'] = float(learn.validate()[1])
+    with learn.added_cbs(BatchStatsBN()): res['error_rate_batch_stats'] = float(learn.validate()[1])  # changes BN stats: last
+    return res
+
+def fastai_loop(cfg, args, steps: int, warmup: int) -> float:
+    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s."
+    import torch
+    from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, create_vision_model
+    x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
+    y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
+    class Resident(DataLoader):
+        def __iter__(self):
+            for _ in range(len(self)): yield x, y
+    class Timer(Callback):
+        order = 100
+        def after_batch(self):
+            if self.iter == warmup - 1: sync(args.device); self.t0 = time.perf_counter()
+        def after_train(self): sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
+    dls = DataLoaders(Resident(range(warmup + steps), bs=1), Resident(range(1), bs=1), device=args.device)
+    timer = Timer()
+    learn = apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
+                                   cbs=timer), cfg, args)
+    with learn.no_logging(), learn.no_bar(): learn.fit(1)
+    return timer.speed
+
+def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
+    "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes."
+    from fastai.vision.all import Resize
+    from course_utils.fastimage import EncodedBatch, ReadImage, decode_jpegs, plan_crop
+    bs, read = cfg['bs'], ReadImage()
+    images = [read(f) for f in files[:bs * (n_batches + 1)]]
+    plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
+    batches = [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
+    batches[0].decode()  # warm-up: decoder state, kernels
+    res = {}
+    for name, work in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device)),
+                       ('decode_crop_resize', lambda b: b.decode())):
+        sync(args.device); t0 = time.perf_counter()
+        for b in batches[1:]: work(b)
+        sync(args.device); res[name] = (len(batches) - 1) * bs / (time.perf_counter() - t0)
+    return res
 
 def ceiling(cfg, args, steps: int, warmup: int) -> float:
     "Raw PyTorch training steps on batches already on the device: the same model, batch size and precision."
@@ -145,7 +212,8 @@ def markdown(res: dict) -> str:
              f"{m['n_images']} synthetic JPEGs ({m['mean_kb']:.0f} KB on average, {m['min_side']}-{m['max_side']} px), "
              f"{m['arch']} at {m['size']} px, {m['cpus']} CPU cores, torch {m['torch']}, torchvision {m['torchvision']}, "
              f"fastai {m['fastai']}. Stock: bs {m['stock']['bs']} {m['stock']['precision']}; "
-             f"fast: bs {m['fast']['bs']} {m['fast']['precision']}{' channels_last' if m['fast']['precision'] != 'fp32' and m['device'] == 'cuda' else ''}.", '',
+             f"fast: bs {m['fast']['bs']} {m['fast']['precision']}"
+             f"{' channels_last, `fast_training` (PyTorch AdamW, loss kept on the GPU)' if m['device'] == 'cuda' else ''}.", '',
              '| measure | workers | stock | fast | fast / stock | goal |', '|---|---|---|---|---|---|']
     def wl(w, kind=None):
         if w != 'all': return str(w)
@@ -160,14 +228,32 @@ def markdown(res: dict) -> str:
         lines.append(f"| fine_tune(1), seconds | {wl(w)} | {s['seconds']:.1f} | {f['seconds']:.1f} | {sp:.2f}x faster | {goal} |")
     for w in m['worker_counts']:
         s, f = r[f'stock_w{w}'], r[f'fast_w{w}']
-        lines.append(f"| final error_rate | {wl(w)} | {s['error_rate']:.4f} | {f['error_rate']:.4f} | | equal within noise |")
+        checks = ', '.join(f"{label} {f[k]:.4f}" for k, label in (('error_rate_fp32_eval', 'fp32 eval'), ('error_rate_batch_stats', 'BN batch stats')) if k in f)
+        lines.append(f"| final error_rate | {wl(w)} | {s['error_rate']:.4f} | {f['error_rate']:.4f} ({checks}) | | equal within noise |")
     c = r['ceiling']
-    lines += ['', '| training speed, unfrozen epoch (images/s) | workers | pipeline | raw PyTorch ceiling | share of ceiling | goal |',
-              '|---|---|---|---|---|---|']
+    lines += ['', '| training speed, unfrozen epoch (images/s) | workers | whole epoch | from 2nd batch | raw PyTorch ceiling | share (from 2nd batch) | goal |',
+              '|---|---|---|---|---|---|---|']
     for w in m['worker_counts']:
         for kind, goal in (('stock', ''), ('fast', '>= 80%')):
-            v = r[f'{kind}_w{w}']['train_img_s_unfrozen']
-            lines.append(f"| {kind} (bs {m[kind]['bs']} {m[kind]['precision']}) | {wl(w)} | {v:.0f} | {c[kind]:.0f} | {ratio(v, c[kind]):.0%} | {goal} |")
+            v = r[f'{kind}_w{w}']
+            lines.append(f"| {kind} (bs {m[kind]['bs']} {m[kind]['precision']}) | {wl(w)} | {v['train_img_s_unfrozen']:.0f} | "
+                         f"{v['train_img_s_unfrozen_steady']:.0f} | {c[kind]:.0f} | {ratio(v['train_img_s_unfrozen_steady'], c[kind]):.0%} | {goal} |")
+    extra = [k for k in r if k.startswith(('fast_stock_training', 'stock_at_fast'))]
+    if extra:
+        lines += ['', '| variant | data images/s | fine_tune(1) s | unfrozen img/s (steady) | share of fast ceiling | error_rate | fp32 eval | BN batch stats |',
+                  '|---|---|---|---|---|---|---|---|']
+        for k in extra:
+            v = r[k]
+            lines.append(f"| {k} | {v['data_img_s']:.0f} | {v['seconds']:.1f} | {v['train_img_s_unfrozen']:.0f} ({v['train_img_s_unfrozen_steady']:.0f}) | "
+                         f"{ratio(v['train_img_s_unfrozen_steady'], c['fast']):.0%} | {v['error_rate']:.4f} | {v.get('error_rate_fp32_eval', float('nan')):.4f} | {v['error_rate_batch_stats']:.4f} |")
+    if 'fastai_loop' in r:
+        fl, dc = r['fastai_loop'], r['decode_capacity']
+        lines += ['', '| where the time goes (images/s) | stock settings | fast settings |', '|---|---|---|',
+                  f"| raw PyTorch steps, batches on the device | {c['stock']:.0f} | {c['fast']:.0f} |",
+                  f"| fastai `Learner.fit`, batches on the device, fastai as it comes | {fl['stock']:.0f} | {fl['fast_stock_training']:.0f} |",
+                  f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} |",
+                  f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
+                  f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |"]
     lines += ['', f"Total run time {m['total_s']:.0f} s (image generation {m['generate_s']:.0f} s)."]
     return '\n'.join(lines) + '\n'
 
@@ -185,6 +271,8 @@ def main(argv=None):
     p.add_argument('--data-images', type=int, default=2048, help='images per data-only pass')
     p.add_argument('--cache', default=tempfile.gettempdir(), help='where generated JPEGs are kept between runs')
     p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--variants', action='store_true', help="also: where the time goes, the fast loader with fastai's own training loop, "
+                   'and the stock loader with the fast settings')
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -199,8 +287,9 @@ def main(argv=None):
     args.size = args.size or (96 if args.quick else 224)
     cpus = os.cpu_count() or 1
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
-    stock = dict(fast=False, bs=args.stock_bs, precision='fp32')
-    fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or ('bf16' if gpu else 'fp32'))
+    stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
+    fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or ('bf16' if gpu else 'fp32'),
+                training='fast')
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
 
     t0 = time.perf_counter()
@@ -210,16 +299,26 @@ def main(argv=None):
     sizes = [Image.open(f).size for f in files[:200]]
     print(f"{len(files)} images in {folder} ({generate_s:.0f} s)", flush=True)
 
+    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     results = {}
+    def save(): (out / 'bench_fastimage.partial.json').write_text(json.dumps(results, indent=2))  # kept if a run is cut short
     steps, warmup = (20, 5) if gpu else (3, 1)
     results['ceiling'] = {k: ceiling(c, args, steps, warmup) for k, c in (('stock', stock), ('fast', fast))}
-    print('ceiling', results['ceiling'], flush=True)
-    for w in worker_counts:
-        for kind, cfg in (('stock', stock), ('fast', fast)):
-            key = f'{kind}_w{w}'
-            data = data_only(files[:args.data_images], folder, cfg, args, w)
-            results[key] = dict(data_img_s=data, **fine_tune(files, folder, cfg, args, w))
-            print(key, results[key], flush=True)
+    print('ceiling', results['ceiling'], flush=True); save()
+    if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
+        results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
+                                  'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
+        print('fastai_loop', results['fastai_loop'], flush=True)
+        results['decode_capacity'] = decode_capacity(files, fast, args)
+        print('decode_capacity', results['decode_capacity'], flush=True); save()
+    runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
+    if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
+        runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
+        runs += [(f'stock_at_fast_settings_w{worker_counts[-1]}', {**fast, 'fast': False}, worker_counts[-1])]
+    for key, cfg, w in runs:
+        data = data_only(files[:args.data_images], folder, cfg, args, w)
+        results[key] = dict(data_img_s=data, **fine_tune(files, folder, cfg, args, w))
+        print(key, results[key], flush=True); save()
 
     meta = dict(n_images=len(files), mean_kb=float(np.mean([f.stat().st_size for f in files])) / 1024,
                 min_side=min(min(s) for s in sizes), max_side=max(max(s) for s in sizes), arch=args.arch, size=args.size,
@@ -228,7 +327,6 @@ def main(argv=None):
                 torchvision=torchvision.__version__, fastai=fastai.__version__, generate_s=generate_s,
                 total_s=time.perf_counter() - t_start)
     res = dict(meta=meta, results=results)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     (out / 'bench_fastimage.json').write_text(json.dumps(res, indent=2))
     md = markdown(res)
     (out / 'bench_fastimage.md').write_text(md)
