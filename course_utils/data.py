@@ -21,7 +21,7 @@ from fastai.data.external import URLs, fastai_cfg, fastai_path, untar_data
 from fastcore.net import urldest
 
 from .core import note_data_kind, online, sample_requested
-from .samples import SAMPLE_BUILDERS
+from .samples import SAMPLE_BUILDERS, SAMPLES_VERSION
 
 # %% auto #0
 __all__ = ['BEARS', 'dataset_name', 'archive_path', 'real_path', 'sample_path', 'DataDownloadError', 'download_real',
@@ -85,17 +85,17 @@ def _server_answers(url: str) -> bool:
 def _has_files(p: Path) -> bool: return p.is_dir() and any(p.iterdir())
 
 def _build_sample(url: str) -> Path:
-    "Build the sample for `url` once; a half-built one (interrupted run) is rebuilt."
+    "Build the sample for `url` once, and again when the builders change; a half-built one (interrupted run) is rebuilt."
     dest = sample_path(url)
     done = dest / '.complete'
-    if done.exists(): return dest
+    if done.exists() and done.read_text().strip() == str(SAMPLES_VERSION): return dest
     name = dataset_name(url)
     if name not in SAMPLE_BUILDERS:
         raise ValueError(f"No offline sample for {url!r}; samples exist for: {', '.join(sorted(SAMPLE_BUILDERS))}")
     tmp = dest.with_name(f'{dest.name}.building-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     SAMPLE_BUILDERS[name](tmp)
-    (tmp / '.complete').touch()
+    (tmp / '.complete').write_text(str(SAMPLES_VERSION))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
 __all__ = ['PET_CATS', 'PET_DOGS', 'PET_BREEDS', 'PASCAL_CLASSES', 'BIWI_FOLDERS', 'ML100K_SAMPLE', 'BEAR_TYPES',
-           'SAMPLE_BUILDERS', 'build_pets', 'build_mnist_sample', 'build_pascal_2007', 'build_biwi_head_pose',
-           'build_ml_100k', 'ml100k_sample_noise', 'build_bears']
+           'SAMPLES_VERSION', 'SAMPLE_BUILDERS', 'build_pets', 'build_mnist_sample', 'build_pascal_2007',
+           'build_biwi_head_pose', 'build_ml_100k', 'ml100k_sample_noise', 'build_bears']
 
 # %% ../nbs/02_samples.ipynb #26b97eef
 def _rng(seed: int) -> np.random.Generator: return np.random.default_rng(seed)
@@ -138,7 +138,7 @@ PASCAL_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car'
 # %% ../nbs/02_samples.ipynb #a8f9ed50
 def _draw_object(d: ImageDraw.ImageDraw, rng, cls: int, w: int, h: int):
     colour = _hsv(cls / len(PASCAL_CLASSES), 0.9, 0.95 if cls % 2 else 0.65)
-    size = rng.uniform(0.18, 0.3) * min(w, h)
+    size = rng.uniform(0.25, 0.38) * min(w, h)  # large enough to survive RandomResizedCrop at 64 px
     x, y = rng.uniform(size, w - size), rng.uniform(size, h - size)
     box = [x - size, y - size, x + size, y + size]
     shape = cls % 4
@@ -146,7 +146,7 @@ def _draw_object(d: ImageDraw.ImageDraw, rng, cls: int, w: int, h: int):
     elif shape == 1: d.rectangle(box, fill=colour)
     elif shape == 2: d.polygon([(x, y - size), (x - size, y + size), (x + size, y + size)], fill=colour)
     else: d.polygon([(x, y - size), (x + size, y), (x, y + size), (x - size, y)], fill=colour)
-    d.ellipse([x - size / 4, y - size / 4, x + size / 4, y + size / 4], fill=(255, 255, 255) if cls >= 10 else (0, 0, 0))
+    d.ellipse([x - size / 3, y - size / 3, x + size / 3, y + size / 3], fill=(255, 255, 255) if cls >= 10 else (0, 0, 0))
 
 # %% ../nbs/02_samples.ipynb #0c7cdd28
 def build_pascal_2007(dest: Path, n_images: int = 480, seed: int = 42) -> Path:
@@ -182,7 +182,7 @@ def _biwi_cal(rng) -> np.ndarray:
     f = rng.uniform(510, 525)
     return np.array([[f, 0, rng.uniform(315, 325)], [0, f, rng.uniform(235, 245)], [0, 0, 1]])
 
-def build_biwi_head_pose(dest: Path, frames_per_folder: int = 20, seed: int = 42) -> Path:
+def build_biwi_head_pose(dest: Path, frames_per_folder: int = 40, seed: int = 42) -> Path:
     "BIWI_HEAD_POSE layout: `NN/frame_XXXXX_rgb.jpg`, `NN/frame_XXXXX_pose.txt`, `NN/rgb.cal`, `NN.obj`."
     rng, dest = _rng(seed), Path(dest)
     for folder in BIWI_FOLDERS:
@@ -195,7 +195,8 @@ def build_biwi_head_pose(dest: Path, frames_per_folder: int = 20, seed: int = 42
         skin = _jitter(rng, (205, 160, 130), 25)
         frames = sorted(rng.choice(np.arange(3, 1000), frames_per_folder, replace=False))
         for n in frames:
-            x, y, z = rng.uniform(-160, 160), rng.uniform(-110, 110), rng.uniform(750, 1100)
+            # nearer the camera than in the real recordings, so that the head is easy to find at 96x128
+            x, y, z = rng.uniform(-160, 160), rng.uniform(-110, 110), rng.uniform(500, 750)
             c1, c2 = x * cal[0][0] / z + cal[0][2], y * cal[1][1] / z + cal[1][2]
             img = _noisy_background(rng, 640, 480, _jitter(rng, (90, 100, 110), 30), spread=35)
             d = ImageDraw.Draw(img)
@@ -314,6 +315,8 @@ def build_bears(dest: Path, n_per_type: int = 40, seed: int = 42) -> Path:
     return dest
 
 # %% ../nbs/02_samples.ipynb #5c578257
+SAMPLES_VERSION = 2  # raise it whenever a builder changes, so that samples already built are built again
+
 SAMPLE_BUILDERS = {
     'oxford-iiit-pet': build_pets,
     'mnist_sample': build_mnist_sample,

@@ -93,3 +93,17 @@ def test_real_pets_in_cache_used_offline(fastai_home, monkeypatch):
     assert course_data(URLs.PETS) == fastai_home / 'data' / 'oxford-iiit-pet'
     assert core._data_kinds['oxford-iiit-pet'] == 'real' and not core.using_sample_data()
     assert not sample_path(URLs.PETS).exists()
+
+
+def test_samples_built_by_older_builders_are_built_again(fastai_home, monkeypatch):
+    "A sample is built once; when the builders change (SAMPLES_VERSION), a cached sample is replaced."
+    from course_utils import data
+    monkeypatch.setenv('COURSE_SAMPLE', '1')
+    url = 'http://127.0.0.1:9/mnist_sample.tgz'
+    path = course_data(url)
+    marker = path / 'left-by-an-older-builder'
+    marker.touch()
+    assert course_data(url) == path and marker.exists()          # same version: reused as it is
+    monkeypatch.setattr(data, 'SAMPLES_VERSION', data.SAMPLES_VERSION + 1)
+    assert course_data(url) == path and not marker.exists()      # newer builders: built again
+    assert (path / 'labels.csv').exists() and (path / '.complete').read_text() == str(data.SAMPLES_VERSION)

@@ -55,8 +55,6 @@ def test_multilabel_beats_saying_no_to_everything(run, no_label_accuracy):
     assert acc > no_label_accuracy + 0.02, f'accuracy_multi {acc:.4f} vs {no_label_accuracy:.4f} for always "no"'
 
 
-@pytest.mark.xfail(strict=True, reason='from random weights the head-position regressor does not yet learn on the '
-                   'BIWI sample within the sample budget; the sample or the schedule needs work')
 def test_point_regressor_beats_the_mean_point(run, mean_point_mse):
     mse = run.metric('biwi_valid_mse')
     assert mse < 0.5 * mean_point_mse, f'valid MSE {mse:.4f} vs {mean_point_mse:.4f} for the mean training point'
