@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -98,7 +97,6 @@ def apply_settings(learn, cfg, args):
 
 def fine_tune(files, folder, cfg, args, workers) -> dict:
     "Wall time of `fine_tune(1)` as lesson 1 runs it, the unfrozen epoch's training speed, and the final error rate."
-    import torch
     from fastai.vision.all import Callback, error_rate, set_seed, vision_learner
     class TrainSpeed(Callback):
         "Training images/s per epoch: over the whole epoch, and from the end of its first batch (workers started, shapes tuned)."
@@ -215,7 +213,7 @@ def markdown(res: dict) -> str:
              f"fast: bs {m['fast']['bs']} {m['fast']['precision']}"
              f"{' channels_last, `fast_training` (PyTorch AdamW, loss kept on the GPU)' if m['device'] == 'cuda' else ''}.", '',
              '| measure | workers | stock | fast | fast / stock | goal |', '|---|---|---|---|---|---|']
-    def wl(w, kind=None):
+    def wl(w):
         if w != 'all': return str(w)
         return f"all ({m['stock']['workers_used']['all']} stock, {m['fast']['workers_used']['all']} fast)"
     for w in m['worker_counts']:

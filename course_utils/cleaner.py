@@ -16,7 +16,6 @@ import fastai.vision.widgets as fastai_widgets
 from fastcore.foundation import L
 from ipywidgets import VBox, Dropdown
 from ipywidgets import Image as ImageWidget
-from PIL import Image
 
 # %% auto #0
 __all__ = ['thumbnail', 'ImagesCleaner', 'ImageClassifierCleaner', 'free_path', 'CleanupResult', 'apply_cleaner']
@@ -24,8 +23,7 @@ __all__ = ['thumbnail', 'ImagesCleaner', 'ImageClassifierCleaner', 'free_path', 
 # %% ../nbs/05_cleaner.ipynb #4f2893ef
 def thumbnail(fn, height: int = 128, width: int = 256) -> ImageWidget:
     "The picture in file `fn`, shrunk to fit `width`×`height`, as an ipywidgets `Image`."
-    im = Image.open(fn)
-    im.thumbnail((width, height))
+    im = fastai_widgets._open_thumb(fn, height, width)  # fastai's own thumbnail (RGBA, so CMYK files save as PNG)
     buf = io.BytesIO()
     im.save(buf, 'PNG')
     return ImageWidget(value=buf.getvalue(), format='png', width=im.width, height=im.height)
@@ -44,6 +42,10 @@ class ImageClassifierCleaner(fastai_widgets.ImageClassifierCleaner):
         self.default = self.iw = ImagesCleaner(learn.dls.vocab, **kwargs)
         self.on_change_ds()
         self.widget.children = (self.dd_cats, self.dd_ds, self.iw.widget)
+
+    def on_change_ds(self, change=None):
+        # fastai's __init__ calls this before our strip replaces its own: skip filling that one
+        if isinstance(self.iw, ImagesCleaner): super().on_change_ds(change)
 
 # %% ../nbs/05_cleaner.ipynb #ec1c8b72
 def free_path(folder: Path, name: str) -> Path:

@@ -239,7 +239,7 @@ class EncodedBatch:
             if img is None: img = self._decode_on_cpu(i).to(device)
             out.append(render(img, plan, keep_float=True))
         if any(x.is_floating_point() for x in out): out = [x.float() for x in out]
-        return TensorImage(to_uint8(_stack(out, self.names)))
+        return to_uint8(_stack(out, self.names))
 
     def _decode_on_cpu(self, i: int) -> torch.Tensor:
         try: return decode_with_pil(self.blob[slice(*self.slots[i])].numpy().tobytes(), self.plans[i], self.draft)
@@ -285,6 +285,11 @@ def _split_item_tfms(after_item, after_batch, draft: bool):
 # %% ../nbs/10_fastimage.ipynb #0c74bb5c
 GPU_READERS = 2  # default number of worker processes when a GPU decodes (measured: 2 beat 4 and 8 on an H200)
 
+def _decodes_in_workers(decode_in_workers: bool | None, device) -> bool:
+    "Whether a loader's workers decode (True), or only read files for its main process to decode."
+    if decode_in_workers is not None: return decode_in_workers
+    return device is None or torch.device(device).type == 'cpu'
+
 class FastImageDL(TfmdDL):
     "A `TfmdDL` whose workers only read image files; each batch is decoded, cropped and resized at once on the loader's device."
     def __init__(self, dataset=None, after_item=None, after_batch=None, draft: bool = True, prefetch: int = 2,
@@ -292,8 +297,7 @@ class FastImageDL(TfmdDL):
         "`decode_in_workers`: None decodes in the workers on a CPU device and in the main process on a GPU."
         after_item, after_batch = _split_item_tfms(after_item, after_batch, draft)
         self.prefetch, self.decode_in_workers = prefetch, decode_in_workers
-        device = kwargs.get('device')
-        if num_workers is None and decode_in_workers is not True and device is not None and torch.device(device).type != 'cpu':
+        if num_workers is None and not _decodes_in_workers(decode_in_workers, kwargs.get('device')):
             # workers that only read files keep up with a GPU in small numbers; each extra one costs a process
             # start (a fork of a process holding a CUDA context) at every epoch of every loader
             num_workers = min(GPU_READERS, defaults.cpus)
@@ -305,9 +309,7 @@ class FastImageDL(TfmdDL):
     @property
     def decoder(self) -> DecodeImages: return next(t for t in self.after_batch.fs if isinstance(t, DecodeImages))
 
-    def _decode_in_workers(self) -> bool:
-        if self.decode_in_workers is not None: return self.decode_in_workers
-        return self.device is None or torch.device(self.device).type == 'cpu'
+    def _decode_in_workers(self) -> bool: return _decodes_in_workers(self.decode_in_workers, self.device)
 
     def create_batch(self, samples):
         if not samples or not any(isinstance(x, EncodedImage) for x in samples[0]): return super().create_batch(samples)
@@ -398,9 +400,9 @@ class FastImageDataLoaders(ImageDataLoaders):
     def from_dblock(cls, dblock, source, path='.', draft: bool = True, **kwargs):
         return super().from_dblock(fast_dblock(dblock, draft), source, path=path, **kwargs)
 
-# fastai re-wraps some factories after defining the class, which binds them to `ImageDataLoaders`
+# fastai re-wraps these four factories after defining the class, which binds them to `ImageDataLoaders`
 # itself; bind them to this class so that they reach `from_dblock` above.
-for _name in ('from_folder', 'from_path_func', 'from_name_func', 'from_path_re', 'from_name_re', 'from_df', 'from_csv', 'from_lists'):
+for _name in ('from_name_func', 'from_path_re', 'from_name_re', 'from_csv'):
     setattr(FastImageDataLoaders, _name, classmethod(getattr(ImageDataLoaders, _name).__func__))
 
 # %% ../nbs/10_fastimage.ipynb #b7e0c1a1

@@ -278,8 +278,12 @@ def _session(path: Path, export_id: str, threads: int | None):
     if tmp is not None and tmp.is_file(): os.replace(tmp, cached)
     return session
 
+def _file_name(manifest: dict, key: str, default: str) -> str:
+    "The name of the manifest's `key` file ('onnx' or 'weights'); empty when the export left it out."
+    return manifest.get('files', {}).get(key, default)
+
 def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
-    name = manifest.get('files', {}).get('onnx', ONNX_FILE)
+    name = _file_name(manifest, 'onnx', ONNX_FILE)
     if not name: raise ModelError(f"The model in {model_dir} was exported without an ONNX graph: use backend='torch'.")
     path = model_dir / name
     if not path.is_file(): raise ModelError(f"{path} is missing: export the model again with export_for_app.")
@@ -299,7 +303,7 @@ def _torch_runner(model_dir: Path, manifest: dict, threads: int | None):
     from safetensors.torch import load_file
     if threads: torch.set_num_threads(threads)
     model = build_model(manifest)
-    path = model_dir / manifest.get('files', {}).get('weights', WEIGHTS)
+    path = model_dir / _file_name(manifest, 'weights', WEIGHTS)
     try: model.load_state_dict(load_file(str(path)), strict=True)
     except RuntimeError as e:
         first = str(e).split('\n\t', 2)[1][:300] if '\n\t' in str(e) else str(e)[:300]
@@ -347,12 +351,12 @@ def load_predictor(model_dir, backend: str | None = None, threads: int | None = 
     "Load the model `export_for_app` saved in `model_dir`, on ONNX Runtime (default when installed) or PyTorch."
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    has_onnx = bool(manifest.get('files', {}).get('onnx', ONNX_FILE))
+    has_onnx = bool(_file_name(manifest, 'onnx', ONNX_FILE))
     backend = backend or ('onnx' if has_onnx and onnxruntime_available() else 'torch')
     if backend not in ('onnx', 'torch'): raise ValueError(f"backend must be 'onnx' or 'torch', not {backend!r}")
     if backend == 'onnx' and not onnxruntime_available():
         raise ModelError("The onnx backend needs onnxruntime (pip install onnxruntime), or use backend='torch'.")
-    weights = model_dir / manifest.get('files', {}).get('weights', WEIGHTS)
+    weights = model_dir / _file_name(manifest, 'weights', WEIGHTS)
     if not weights.is_file(): raise ModelError(f"{weights} is missing: export the model again with export_for_app.")
     if _weights_metadata(weights).get('export_id') != manifest['export_id']:
         raise ModelError(f"{weights} does not belong to {model_dir / MANIFEST} (different export): export the model again.")

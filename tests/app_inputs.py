@@ -6,7 +6,6 @@ it must classify. Shared by tests/test_export_predict.py and tests/test_apps_bro
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path

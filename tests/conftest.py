@@ -13,6 +13,14 @@ def notebook_workdir(tmp_path_factory):
 
 
 
+@pytest.fixture(scope='session', autouse=True)
+def private_cache(tmp_path_factory):
+    "Keep ONNX Runtime's optimised graphs (tests, notebooks, app servers) out of the user's ~/.cache."
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('cache')))
+        yield
+
+
 @pytest.fixture
 def fastai_home(tmp_path, monkeypatch):
     "A private FASTAI_HOME with samples and the network not forced either way, for data-layer tests."

@@ -27,6 +27,12 @@ class NotebookRun:
     seconds: float
     results: list[dict] = field(default_factory=list)
     error: str | None = None
+    nb: nbformat.NotebookNode | None = None  # the executed notebook
+
+    def outputs_text(self) -> str:
+        "All text the notebook printed or displayed."
+        return '\n'.join(out.get('text', '') if out.output_type == 'stream' else out.get('data', {}).get('text/plain', '')
+                         for cell in self.nb.cells for out in cell.get('outputs', []))
 
     def metric(self, metric: str, lesson: str | None = None) -> float:
         "The value of `metric` that the notebook reported (the last one, if reported twice)."
@@ -39,13 +45,22 @@ _runs: dict[Path, NotebookRun] = {}
 _workdir: Path | None = None
 
 
+def _fastai_home(workdir: Path) -> Path: return workdir / 'fastai_home'
+
+
 def sample_env(workdir: Path) -> dict[str, str]:
     "Environment for a notebook kernel: samples only, no network, caches in `workdir`."
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}  # kernels draw plots inline
     env.update(COURSE_SAMPLE='1', COURSE_OFFLINE='1', IN_TEST='1',
-               FASTAI_HOME=str(workdir / 'fastai_home'), TORCH_HOME=str(workdir / 'torch_home'),
+               FASTAI_HOME=str(_fastai_home(workdir)), TORCH_HOME=str(workdir / 'torch_home'),
                PYTHONWARNINGS='ignore::FutureWarning')
     return env
+
+
+def notebooks_fastai_home() -> Path:
+    "The FASTAI_HOME the notebooks run with: their samples, models and caches."
+    assert _workdir is not None, 'set_workdir() first (conftest does this)'
+    return _fastai_home(_workdir)
 
 
 def set_workdir(path: Path):
@@ -74,7 +89,7 @@ def run_notebook(rel_path: str) -> NotebookRun:
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)  # executed copy, with plots, for people to look at
     results = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.exists() else []
-    _runs[path] = run = NotebookRun(path, seconds, results, error)
+    _runs[path] = run = NotebookRun(path, seconds, results, error, nb)
     return run
 
 

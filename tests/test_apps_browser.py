@@ -25,9 +25,9 @@ import pytest
 
 from app_inputs import Upload, make_inputs, upright_reference
 from demo_model import demo_models_dir, sample_bear_photo
-from notebook_runner import ARTIFACTS, ROOT, run_notebook
+from notebook_runner import ARTIFACTS, ROOT, notebooks_fastai_home, run_notebook
 
-playwright_api = pytest.importorskip('playwright.sync_api')
+pytest.importorskip('playwright.sync_api')
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 APPS = ROOT / 'nbs' / 'apps'
@@ -318,12 +318,9 @@ def test_no_files_can_be_downloaded(voila_server):
 @pytest.mark.parametrize('app_nb, name', [('apps/bear_classifier.ipynb', 'bears'), ('apps/cat_or_dog.ipynb', 'pets')])
 def test_app_notebook_without_model_explains_how_to_make_one(app_nb, name):
     "Run top to bottom like the test suite (sample mode, no model in its fresh FASTAI_HOME), as on Colab."
-    import nbformat
-    import notebook_runner
     run = run_notebook(app_nb)
     assert run.error is None, run.error
-    model = Path(notebook_runner._workdir) / 'fastai_home' / 'models' / 'apps' / name
+    model = notebooks_fastai_home() / 'models' / 'apps' / name
     if not model.exists():  # (a lesson run earlier in this session may have exported one)
-        nb = nbformat.read(ARTIFACTS / 'notebooks' / app_nb, as_version=4)
-        text = json.dumps(nb)  # the message is in the HTML widget's saved state
+        text = json.dumps(run.nb)  # the message is in the HTML widget's saved state
         assert f'course make-model {name}' in text and 'app-missing-model' in text

@@ -17,14 +17,6 @@ from demo_model import demo_models_dir, sample_bear_photo
 from course_utils.predict import ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available, read_manifest
 
 
-@pytest.fixture(scope='module', autouse=True)
-def private_cache(tmp_path_factory):
-    "Keep ONNX Runtime's optimised graphs out of the user's ~/.cache."
-    mp = pytest.MonkeyPatch()
-    mp.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('cache')))
-    yield
-    mp.undo()
-
 BACKENDS = ['torch'] + (['onnx'] if onnxruntime_available() else [])
 TOL = 1e-4
 

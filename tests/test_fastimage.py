@@ -5,7 +5,6 @@ send undecoded batches to the main process, where torchvision decodes them, exac
 does on a GPU, and the background prefetch thread runs as it does there.
 """
 import io
-import os
 import warnings
 
 import numpy as np
@@ -13,15 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault('COURSE_SAMPLE', '1')
-os.environ.setdefault('COURSE_OFFLINE', '1')
-
 from fastai.vision.all import (CategoryBlock, ConvLayer, CrossEntropyLossFlat, ImageBlock, Learner, TensorImage, nn, DataBlock, ImageDataLoaders, Resize, RandomResizedCrop, RandomSplitter,
-                               URLs, error_rate, get_image_files, resnet18, set_seed, using_attr, vision_learner)
+                               error_rate, get_image_files, set_seed, using_attr)
 
 from course_utils.core import setup_course
-from course_utils.data import course_data
 from course_utils.fastimage import FastImageBlock, FastImageDataLoaders, FastImageDL
+from course_utils.samples import build_pets
 
 
 def is_cat(name): return name[0].isupper()
@@ -29,11 +25,9 @@ def is_cat(name): return name[0].isupper()
 
 @pytest.fixture(scope='module')
 def pets(tmp_path_factory):
-    os.environ['FASTAI_HOME'] = str(tmp_path_factory.mktemp('fastai_home'))
-    from fastai.data.external import fastai_cfg
-    fastai_cfg.cache_clear()
+    "The pets sample (the one lessons get offline) and its files."
     setup_course(verbose=False)
-    path = course_data(URLs.PETS) / 'images'
+    path = build_pets(tmp_path_factory.mktemp('pets') / 'oxford-iiit-pet') / 'images'
     return path, get_image_files(path)
 
 

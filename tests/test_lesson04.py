@@ -1,6 +1,6 @@
 """Lesson 4 (MNIST basics): every model in the notebook learns on the sample, and real data is picked up when cached."""
 import pytest
-from fastai.data.external import URLs, fastai_cfg
+from fastai.data.external import URLs
 
 from course_utils import core
 from course_utils.data import course_data, sample_path
@@ -35,23 +35,14 @@ def test_ledger_lines_say_sample_and_carry_book_figures(lesson):
     assert all(r['data'] == 'sample' for r in rows.values())
 
 
-def test_cached_real_mnist_sample_is_used_offline(tmp_path, monkeypatch, capsys):
+def test_cached_real_mnist_sample_is_used_offline(fastai_home, monkeypatch, capsys):
     "With MNIST_SAMPLE in fastai's cache, the lesson's first call returns it, offline, and records it as real."
-    home = tmp_path / 'fastai_home'
-    build_mnist_sample(home / 'data' / 'mnist_sample')  # a stand-in with the real layout
-    monkeypatch.setenv('FASTAI_HOME', str(home))
+    build_mnist_sample(fastai_home / 'data' / 'mnist_sample')  # a stand-in with the real layout
     monkeypatch.setenv('COURSE_OFFLINE', '1')
-    monkeypatch.delenv('COURSE_SAMPLE', raising=False)
-    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process
-    core._data_kinds.clear()
-    try:
-        path = course_data(URLs.MNIST_SAMPLE)
-        assert path == home / 'data' / 'mnist_sample'
-        assert core._data_kinds == {'mnist_sample': 'real'}
-        assert not core.using_sample_data() and core.scale(40, sample=3) == 40  # the book's settings apply
-        assert not sample_path(URLs.MNIST_SAMPLE).exists()
-        assert 'offline sample' not in capsys.readouterr().out
-        assert sorted(p.name for p in (path / 'train').iterdir()) == ['3', '7']
-    finally:
-        core._data_kinds.clear()
-        fastai_cfg.cache_clear()
+    path = course_data(URLs.MNIST_SAMPLE)
+    assert path == fastai_home / 'data' / 'mnist_sample'
+    assert core._data_kinds == {'mnist_sample': 'real'}
+    assert not core.using_sample_data() and core.scale(40, sample=3) == 40  # the book's settings apply
+    assert not sample_path(URLs.MNIST_SAMPLE).exists()
+    assert 'offline sample' not in capsys.readouterr().out
+    assert sorted(p.name for p in (path / 'train').iterdir()) == ['3', '7']

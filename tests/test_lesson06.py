@@ -3,8 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from course_utils.samples import build_biwi_head_pose, build_pascal_2007
-from notebook_runner import run_notebook
+from notebook_runner import notebooks_fastai_home, run_notebook
 
 
 @pytest.fixture(scope='module')
@@ -13,9 +12,9 @@ def run():
 
 
 @pytest.fixture(scope='module')
-def no_label_accuracy(tmp_path_factory):
-    "accuracy_multi of answering 'no' for every class of every validation image of the sample."
-    p = build_pascal_2007(tmp_path_factory.mktemp('pascal') / 'pascal_2007')
+def no_label_accuracy(run):
+    "accuracy_multi of answering 'no' for every class of every validation image of the sample the lesson used."
+    p = notebooks_fastai_home() / 'samples' / 'pascal_2007'
     df = pd.read_csv(p / 'train.csv')
     n_labels = df[df.is_valid].labels.str.split(' ').map(len)
     return 1 - n_labels.sum() / (len(n_labels) * 20)
@@ -29,9 +28,9 @@ def _centre(pose_file: str, cal) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def mean_point_mse(tmp_path_factory):
+def mean_point_mse(run):
     "Valid MSE of always predicting the mean training head position (person 13 is the validation set)."
-    p = build_biwi_head_pose(tmp_path_factory.mktemp('biwi') / 'biwi_head_pose')
+    p = notebooks_fastai_home() / 'samples' / 'biwi_head_pose'
     cal = np.genfromtxt(p / '01' / 'rgb.cal', skip_footer=6)
     pts = {f: _centre(str(f)[:-7] + 'pose.txt', cal) for f in p.glob('*/*_rgb.jpg')}
     train = np.stack([v for f, v in pts.items() if f.parent.name != '13'])

@@ -1,12 +1,12 @@
 """Lesson 8 (collaborative filtering): the models learn the sample's hidden factors, and real data is used when cached."""
 import pandas as pd
 import pytest
-from fastai.data.external import URLs, fastai_cfg
+from fastai.data.external import URLs
 
 from course_utils import core
 from course_utils.data import course_data, real_path
 from course_utils.samples import build_ml_100k, ml100k_sample_noise
-from notebook_runner import run_notebook
+from notebook_runner import notebooks_fastai_home, run_notebook
 
 MODELS = ['mse_dotproductbias_wd', 'mse_collab_learner', 'mse_collab_nn']
 
@@ -17,11 +17,13 @@ def run():
 
 
 @pytest.fixture(scope='module')
-def rating_variance(tmp_path_factory):
-    "MSE of always predicting the mean rating, on the sample's ratings."
-    p = build_ml_100k(tmp_path_factory.mktemp('ml') / 'ml-100k')
-    r = pd.read_csv(p / 'u.data', delimiter='\t', header=None, names=['user', 'movie', 'rating', 'timestamp'])
-    return float(r.rating.var())
+def rating_variance(run):
+    "MSE of always predicting the mean rating, on the sample's ratings the lesson used."
+    return float(read_ratings(notebooks_fastai_home() / 'samples' / 'ml-100k').rating.var())
+
+
+def read_ratings(path) -> pd.DataFrame:
+    return pd.read_csv(path / 'u.data', delimiter='\t', header=None, names=['user', 'movie', 'rating', 'timestamp'])
 
 
 def test_runs_without_error(run):
@@ -43,23 +45,14 @@ def test_models_approach_the_noise_floor(run, rating_variance, metric):
     assert mse < 0.75 * rating_variance, f'{metric} {mse:.3f} vs predicting the mean {rating_variance:.3f}'
 
 
-def test_cached_real_ml100k_is_used_without_network(tmp_path, monkeypatch):
+def test_cached_real_ml100k_is_used_without_network(fastai_home, monkeypatch):
     "With MovieLens in fastai's cache (real layout), the lesson's first cells read it, offline."
-    home = tmp_path / 'fastai_home'
-    monkeypatch.setenv('FASTAI_HOME', str(home))
     monkeypatch.setenv('COURSE_OFFLINE', '1')
-    monkeypatch.delenv('COURSE_SAMPLE', raising=False)
-    core._data_kinds.clear()
-    fastai_cfg.cache_clear()
-    try:
-        cached = build_ml_100k(real_path(URLs.ML_100k), n_users=30, n_movies=40, n_ratings=300, seed=7)
-        path = course_data(URLs.ML_100k)
-        assert path == cached == home / 'data' / 'ml-100k'
-        assert core._data_kinds['ml-100k'] == 'real' and not core.using_sample_data()
-        ratings = pd.read_csv(path / 'u.data', delimiter='\t', header=None, names=['user', 'movie', 'rating', 'timestamp'])
-        movies = pd.read_csv(path / 'u.item', delimiter='|', encoding='latin-1', usecols=(0, 1), names=('movie', 'title'), header=None)
-        assert len(ratings.merge(movies)) == 300 and ratings.user.nunique() <= 30
-        assert not (home / 'samples').exists(), 'a sample was built although real data was cached'
-    finally:
-        core._data_kinds.clear()
-        fastai_cfg.cache_clear()
+    cached = build_ml_100k(real_path(URLs.ML_100k), n_users=30, n_movies=40, n_ratings=300, seed=7)
+    path = course_data(URLs.ML_100k)
+    assert path == cached == fastai_home / 'data' / 'ml-100k'
+    assert core._data_kinds['ml-100k'] == 'real' and not core.using_sample_data()
+    ratings = read_ratings(path)
+    movies = pd.read_csv(path / 'u.item', delimiter='|', encoding='latin-1', usecols=(0, 1), names=('movie', 'title'), header=None)
+    assert len(ratings.merge(movies)) == 300 and ratings.user.nunique() <= 30
+    assert not (fastai_home / 'samples').exists(), 'a sample was built although real data was cached'
