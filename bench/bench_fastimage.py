@@ -120,8 +120,10 @@ def fine_tune(files, folder, cfg, args, workers) -> dict:
         learn.fine_tune(1)
         sync(args.device); seconds = time.perf_counter() - t0
         checks = error_checks(learn)
+    cache = getattr(getattr(dls.train, 'decoder', None), 'cache', None)
+    kept = dict(cache_hits=cache.hits, cache_misses=cache.misses, cache_gib=cache.nbytes / 2**30) if cache is not None else {}
     return dict(seconds=seconds, train_img_s_unfrozen=speed.speeds[-1], train_img_s_unfrozen_steady=speed.steady[-1],
-                error_rate=float(learn.recorder.values[-1][-1]), **checks)
+                error_rate=float(learn.recorder.values[-1][-1]), **checks, **kept)
 
 def error_checks(learn) -> dict:
     "The validation error again without mixed precision, then with BatchNorm on batch statistics: where a bad error comes from."
@@ -138,8 +140,8 @@ def error_checks(learn) -> dict:
     with learn.added_cbs(BatchStatsBN()): res['error_rate_batch_stats'] = float(learn.validate()[1])  # changes BN stats: last
     return res
 
-def fastai_loop(cfg, args, steps: int, warmup: int) -> float:
-    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s."
+def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
+    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s. With `audit`, instead: where the loop makes Python wait for the GPU, per step."
     import torch
     from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, create_vision_model
     x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
@@ -150,14 +152,30 @@ def fastai_loop(cfg, args, steps: int, warmup: int) -> float:
     class Timer(Callback):
         order = 100
         def after_batch(self):
-            if self.iter == warmup - 1: sync(args.device); self.t0 = time.perf_counter()
-        def after_train(self): sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
+            if self.iter == warmup - 1:
+                sync(args.device); self.t0 = time.perf_counter()
+                if audit: torch.cuda.set_sync_debug_mode('warn')
+        def after_train(self):
+            if audit: torch.cuda.set_sync_debug_mode('default')
+            sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
     dls = DataLoaders(Resident(range(warmup + steps), bs=1), Resident(range(1), bs=1), device=args.device)
     timer = Timer()
     learn = apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
                                    cbs=timer), cfg, args)
-    with learn.no_logging(), learn.no_bar(): learn.fit(1)
-    return timer.speed
+    if not audit:
+        with learn.no_logging(), learn.no_bar(): learn.fit(1)
+        return timer.speed
+    import traceback, warnings
+    sites = {}
+    def record(message, category, filename, lineno, file=None, line=None):
+        if 'synchroniz' not in str(message): return
+        where = ' <- '.join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()[-8:-2][::-1])
+        sites[where] = sites.get(where, 0) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')
+        warnings.showwarning = record
+        with learn.no_logging(), learn.no_bar(): learn.fit(1)
+    return {where: n / steps for where, n in sorted(sites.items(), key=lambda kv: -kv[1])}
 
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes."
@@ -176,8 +194,36 @@ def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
         sync(args.device); res[name] = (len(batches) - 1) * bs / (time.perf_counter() - t0)
     return res
 
-def ceiling(cfg, args, steps: int, warmup: int) -> float:
-    "Raw PyTorch training steps on batches already on the device: the same model, batch size and precision."
+class DecodingAlongside:
+    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does; `img_s`: how fast it went."
+    def __init__(self, files, cfg, args, n_batches: int = 8):
+        from fastai.vision.all import Resize
+        from course_utils.fastimage import EncodedBatch, ReadImage, plan_crop
+        bs, read, self.device = cfg['bs'], ReadImage(), args.device
+        images = [read(f) for f in files[:bs * n_batches]]
+        plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
+        self.batches = [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images), bs)]
+
+    def _work(self):
+        import contextlib, torch
+        cuda = self.device.type == 'cuda'
+        with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else contextlib.nullcontext():
+            while not self.stop.is_set():
+                for b in self.batches: b.decode(); self.n += len(b)
+                if cuda: torch.cuda.current_stream().synchronize()  # a bounded backlog, as the loader's queue keeps it
+
+    def __enter__(self):
+        import threading
+        self.stop, self.n, self.thread = threading.Event(), 0, threading.Thread(target=self._work, daemon=True)
+        self.t0 = time.perf_counter(); self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set(); self.thread.join()
+        self.img_s = self.n / (time.perf_counter() - self.t0)
+
+def ceiling(cfg, args, steps: int, warmup: int, alongside=None) -> float:
+    "Raw PyTorch training steps on batches already on the device: the same model, batch size and precision; `alongside`: a context to run them in."
     import torch
     from fastai.vision.all import create_vision_model
     model = create_vision_model(args.arch_fn, 2, pretrained=False).to(args.device)
@@ -195,10 +241,12 @@ def ceiling(cfg, args, steps: int, warmup: int) -> float:
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
     for _ in range(warmup): step()
-    sync(args.device); t0 = time.perf_counter()
-    for _ in range(steps): step()
-    sync(args.device)
-    return steps * cfg['bs'] / (time.perf_counter() - t0)
+    import contextlib
+    with alongside if alongside is not None else contextlib.nullcontext():
+        sync(args.device); t0 = time.perf_counter()
+        for _ in range(steps): step()
+        sync(args.device)
+        return steps * cfg['bs'] / (time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -211,7 +259,8 @@ def markdown(res: dict) -> str:
              f"{m['arch']} at {m['size']} px, {m['cpus']} CPU cores, torch {m['torch']}, torchvision {m['torchvision']}, "
              f"fastai {m['fastai']}. Stock: bs {m['stock']['bs']} {m['stock']['precision']}; "
              f"fast: bs {m['fast']['bs']} {m['fast']['precision']}"
-             f"{' channels_last, `fast_training` (PyTorch AdamW, loss kept on the GPU)' if m['device'] == 'cuda' else ''}.", '',
+             f"{' channels_last, `fast_training` (PyTorch AdamW, loss kept on the GPU)' if m['device'] == 'cuda' else ''}"
+             f"{', decoded images kept between epochs (up to %g GiB)' % m['fast']['dl_kwargs']['cache_gb'] if m['fast'].get('dl_kwargs', {}).get('cache_gb') else ''}.", '',
              '| measure | workers | stock | fast | fast / stock | goal |', '|---|---|---|---|---|---|']
     def wl(w):
         if w != 'all': return str(w)
@@ -236,7 +285,7 @@ def markdown(res: dict) -> str:
             v = r[f'{kind}_w{w}']
             lines.append(f"| {kind} (bs {m[kind]['bs']} {m[kind]['precision']}) | {wl(w)} | {v['train_img_s_unfrozen']:.0f} | "
                          f"{v['train_img_s_unfrozen_steady']:.0f} | {c[kind]:.0f} | {ratio(v['train_img_s_unfrozen_steady'], c[kind]):.0%} | {goal} |")
-    extra = [k for k in r if k.startswith(('fast_stock_training', 'stock_at_fast'))]
+    extra = [k for k in r if k.startswith(('fast_stock_training', 'stock_at_fast', 'fast_no_cache', 'fast_bs256'))]
     if extra:
         lines += ['', '| variant | data images/s | fine_tune(1) s | unfrozen img/s (steady) | share of fast ceiling | error_rate | fp32 eval | BN batch stats |',
                   '|---|---|---|---|---|---|---|---|']
@@ -252,6 +301,12 @@ def markdown(res: dict) -> str:
                   f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} |",
                   f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |"]
+    if 'ceiling_with_decoding' in r:
+        cd = r['ceiling_with_decoding']
+        lines += [f"| raw PyTorch steps while a thread decodes batches on the same GPU | | {cd['fast']:.0f} "
+                  f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
+                  '', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
+        lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
     lines += ['', f"Total run time {m['total_s']:.0f} s (image generation {m['generate_s']:.0f} s)."]
     return '\n'.join(lines) + '\n'
 
@@ -266,6 +321,8 @@ def main(argv=None):
     p.add_argument('--stock-bs', type=int, default=64)
     p.add_argument('--fast-bs', type=int, default=None, help='fast path batch size (default 128 on a GPU, else --stock-bs)')
     p.add_argument('--fast-precision', default=None, choices=['fp32', 'bf16', 'fp16'], help='default bf16 on a GPU, else fp32')
+    p.add_argument('--cache-gb', type=float, default=None, help='decoded images the fast path keeps between epochs (default 16 GiB on a GPU, '
+                   'else 0: on a CPU the workers decode)')
     p.add_argument('--data-images', type=int, default=2048, help='images per data-only pass')
     p.add_argument('--cache', default=tempfile.gettempdir(), help='where generated JPEGs are kept between runs')
     p.add_argument('--seed', type=int, default=42)
@@ -287,7 +344,7 @@ def main(argv=None):
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
     stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
     fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or ('bf16' if gpu else 'fp32'),
-                training='fast')
+                training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)})
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
 
     t0 = time.perf_counter()
@@ -300,7 +357,7 @@ def main(argv=None):
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     results = {}
     def save(): (out / 'bench_fastimage.partial.json').write_text(json.dumps(results, indent=2))  # kept if a run is cut short
-    steps, warmup = (20, 5) if gpu else (3, 1)
+    steps, warmup = (50, 5) if gpu else (3, 1)
     results['ceiling'] = {k: ceiling(c, args, steps, warmup) for k, c in (('stock', stock), ('fast', fast))}
     print('ceiling', results['ceiling'], flush=True); save()
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
@@ -309,10 +366,17 @@ def main(argv=None):
         print('fastai_loop', results['fastai_loop'], flush=True)
         results['decode_capacity'] = decode_capacity(files, fast, args)
         print('decode_capacity', results['decode_capacity'], flush=True); save()
+        if gpu:  # what decoding on the same GPU costs the model, and where fastai's loop waits for the GPU
+            with DecodingAlongside(files, fast, args) as decoding: img_s = ceiling(fast, args, steps, warmup, alongside=decoding)
+            results['ceiling_with_decoding'] = dict(fast=img_s, decode_img_s=decoding.img_s)
+            results['fastai_loop_syncs'] = fastai_loop(fast, args, steps, warmup, audit=True)
+            print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
         runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
-        runs += [(f'stock_at_fast_settings_w{worker_counts[-1]}', {**fast, 'fast': False}, worker_counts[-1])]
+        runs += [(f'stock_at_fast_settings_w{worker_counts[-1]}', {**fast, 'fast': False, 'dl_kwargs': {}}, worker_counts[-1])]
+        if fast['dl_kwargs']['cache_gb']: runs += [(f'fast_no_cache_w{worker_counts[-1]}', {**fast, 'dl_kwargs': {}}, worker_counts[-1])]
+        if gpu: runs += [(f'fast_bs256_w{worker_counts[-1]}', {**fast, 'bs': 256}, worker_counts[-1])]  # bs 256 failed once (see RESULTS)
     for key, cfg, w in runs:
         data = data_only(files[:args.data_images], folder, cfg, args, w)
         results[key] = dict(data_img_s=data, **fine_tune(files, folder, cfg, args, w))

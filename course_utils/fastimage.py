@@ -12,6 +12,7 @@ import copy
 import io
 import math
 import operator
+import os
 import queue
 import threading
 import warnings
@@ -37,9 +38,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 # %% auto #0
 __all__ = ['GPU_READERS', 'JpegInfo', 'jpeg_info', 'EncodedImage', 'ReadImage', 'CropPlan', 'plan_crop', 'crop_pad', 'to_uint8',
-           'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'DecodeImages', 'FastImageDL', 'FastImageBlock',
-           'fast_dblock', 'FastImageDataLoaders', 'torch_adamw', 'SmoothLossOnDevice', 'KeepLossOnDevice',
-           'fast_training', 'skip_zero_padding', 'presize_images']
+           'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'DecodedCache', 'DecodeImages', 'FastImageDL',
+           'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders', 'torch_adamw', 'SmoothLossOnDevice',
+           'KeepLossOnDevice', 'LazyLossProgress', 'fast_training', 'skip_zero_padding', 'presize_images']
 
 # %% ../nbs/10_fastimage.ipynb #e28f78ad
 @dataclass(frozen=True)
@@ -78,10 +79,10 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
 
 # %% ../nbs/10_fastimage.ipynb #fc12bda3
 class EncodedImage:
-    "An image as JPEG bytes (`data`) or as decoded `pixels` (3×H×W uint8), with its `size` as (width, height)."
-    def __init__(self, data: bytes | None = None, pixels: torch.Tensor | None = None, size=None, name: str = ''):
+    "An image as JPEG bytes (`data`) or as decoded `pixels` (3×H×W uint8), with its `size` as (width, height); `key` names a file's contents (see `DecodedCache`)."
+    def __init__(self, data: bytes | None = None, pixels: torch.Tensor | None = None, size=None, name: str = '', key=None):
         assert (data is None) != (pixels is None), 'give either the JPEG bytes or the pixels'
-        self.data, self.pixels, self.name = data, pixels, name
+        self.data, self.pixels, self.name, self.key = data, pixels, name, key
         self.size = tuple(size) if size is not None else (pixels.shape[2], pixels.shape[1])
 
     def to_pil(self) -> PILImage:
@@ -99,11 +100,14 @@ class ReadImage(Transform):
     input_types = (str, Path, bytes, bytearray, Image.Image, torch.Tensor, np.ndarray)  # what `predict` may be given
 
     def encodes(self, x) -> EncodedImage:
-        if isinstance(x, (str, Path)): data, name = Path(x).read_bytes(), str(x)
+        key = None
+        if isinstance(x, (str, Path)):
+            data, name = Path(x).read_bytes(), str(x)
+            key = (name, len(data), os.stat(x).st_mtime_ns)  # a file changed on disk gets a new key
         elif isinstance(x, (bytes, bytearray)): data, name = bytes(x), '<bytes>'
         else: return EncodedImage(pixels=_pixels(PILImage.create(x)), name=type(x).__name__)
         info = jpeg_info(data)
-        if info is not None and info.gpu_decodable: return EncodedImage(data, size=(info.width, info.height), name=name)
+        if info is not None and info.gpu_decodable: return EncodedImage(data, size=(info.width, info.height), name=name, key=key)
         try: return EncodedImage(pixels=_pixels(Image.open(io.BytesIO(data))), name=name)
         except Exception as e:
             warnings.warn(f"Skipping {name}: not a readable image ({type(e).__name__}: {e})")
@@ -217,7 +221,7 @@ def decode_with_pil(data: bytes, plan: CropPlan | None = None, draft: bool = Tru
 class EncodedBatch:
     "The images of a batch as JPEG bytes, or as pixels already rendered, with a crop plan each; `decode()` makes the uint8 batch."
     def __init__(self, images: list[EncodedImage], plans: list[CropPlan], device, draft: bool = True):
-        self.plans, self.device, self.names = plans, device, [im.name for im in images]
+        self.plans, self.device, self.names, self.keys = plans, device, [im.name for im in images], [im.key for im in images]
         jpegs = [im.data for im in images if im.data is not None]
         self.blob = torch.frombuffer(bytearray(b''.join(jpegs)), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8)
         ends = np.cumsum([len(d) for d in jpegs]).tolist()
@@ -227,11 +231,14 @@ class EncodedBatch:
 
     def __len__(self): return len(self.plans)
 
-    def decode(self) -> TensorImage:
-        "Decode, crop and resize every image on `self.device`; a file no decoder can read becomes black, with a warning."
-        device = torch.device(self.device if self.device is not None else default_device())
+    def decode(self, cache: DecodedCache | None = None) -> TensorImage:
+        "Decode, crop and resize every image on `self.device`, taking from `cache` what it holds and offering it the rest; a file no decoder can read becomes black, with a warning."
+        device = _full_device(self.device)
         todo = [i for i, s in enumerate(self.slots) if isinstance(s, tuple)]
-        decoded = dict(zip(todo, decode_jpegs([self.blob[slice(*self.slots[i])] for i in todo], device)))
+        decoded = {i: img for i in todo if cache is not None and (img := cache.get(self.keys[i], device)) is not None}
+        fresh = [i for i in todo if i not in decoded]
+        decoded.update(zip(fresh, decode_jpegs([self.blob[slice(*self.slots[i])] for i in fresh], device)))
+        if cache is not None and fresh: cache.add({self.keys[i]: decoded[i] for i in fresh if decoded[i] is not None})
         out = []
         for i, (slot, plan) in enumerate(zip(self.slots, self.plans)):
             if not isinstance(slot, tuple): out.append(slot.to(device)); continue
@@ -247,6 +254,11 @@ class EncodedBatch:
             warnings.warn(f"{self.names[i]}: no decoder could read it ({type(e).__name__}: {e}); using a black image")
             return torch.zeros(3, *self.plans[i].orig[::-1], dtype=torch.uint8)
 
+def _full_device(device) -> torch.device:
+    "`device` (None: fastai's default) with its index, so that it compares equal to a tensor's `.device`."
+    device = torch.device(device if device is not None else default_device())
+    return torch.device('cuda', torch.cuda.current_device()) if device.type == 'cuda' and device.index is None else device
+
 def _stack(images: list[torch.Tensor], names) -> TensorImage:
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
@@ -254,17 +266,61 @@ def _stack(images: list[torch.Tensor], names) -> TensorImage:
                          "add an item transform such as Resize(224) so they can be stacked")
     return TensorImage(torch.stack(images))
 
+# %% ../nbs/10_fastimage.ipynb #d3c0a002
+class DecodedCache:
+    "Decoded images kept on the device that decoded them, up to `max_bytes` in all, so that later epochs skip decoding."
+    def __init__(self, max_bytes: float):
+        self.max_bytes, self.lock = int(max_bytes), threading.Lock()
+        self.clear()
+
+    def clear(self):
+        "Forget every image; their memory is freed once no batch uses them any more."
+        self.images, self.nbytes, self.hits, self.misses = {}, 0, 0, 0
+
+    def get(self, key, device: torch.device) -> torch.Tensor | None:
+        "The image kept under `key` on `device`, ready for use on the current CUDA stream; None if there is none."
+        if key is None: return None
+        img, ready = self.images.get(key, (None, None))
+        if img is not None and img.device != device: img = None
+        with self.lock:
+            if img is None: self.misses += 1
+            else: self.hits += 1
+        if img is not None and ready is not None:
+            stream = torch.cuda.current_stream(device)
+            stream.wait_event(ready)  # decoded on another stream: wait for those kernels
+            img.record_stream(stream)  # and keep its memory from reuse until this stream is done with it
+        return img
+
+    def add(self, images: dict):
+        "Keep each `{key: image}` that fits in what is left of the budget."
+        images = {k: v for k, v in images.items() if k is not None}
+        if not images: return
+        first = next(iter(images.values()))
+        ready = torch.cuda.current_stream(first.device).record_event() if first.is_cuda else None
+        with self.lock:
+            for key, img in images.items():
+                n = img.numel() * img.element_size()
+                if key in self.images or self.nbytes + n > self.max_bytes: continue
+                self.images[key], self.nbytes = (img, ready), self.nbytes + n
+
+    def __len__(self): return len(self.images)
+    def __repr__(self):
+        return (f"{type(self).__name__}({len(self)} images, {self.nbytes / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB, "
+                f"{self.hits} hits, {self.misses} misses)")
+    def __getstate__(self): return {'max_bytes': self.max_bytes}  # an exported learner carries the budget, not the pixels
+    def __setstate__(self, state): self.__init__(state['max_bytes'])
+
 # %% ../nbs/10_fastimage.ipynb #c8c56f6f
 class DecodeImages(DisplayedTransform):
     "Batch transform that decodes an `EncodedBatch` on its device; set up by `FastImageDL` from the item transforms."
     order = -100  # before everything else in `after_batch`
 
-    def __init__(self, sizer=None, draft: bool = True):
+    def __init__(self, sizer=None, draft: bool = True, cache: DecodedCache | None = None):
         super().__init__()
-        self.sizer, self.draft = sizer, draft
+        self.sizer, self.draft, self.cache = sizer, draft, cache
 
     def plan(self, size, split_idx) -> CropPlan: return plan_crop(self.sizer, size, split_idx)
-    def encodes(self, b: EncodedBatch) -> TensorImage: return b.decode()
+    def encodes(self, b: EncodedBatch) -> TensorImage: return b.decode(self.cache)
 
 _SIZERS = (Resize, RandomResizedCrop)
 
@@ -293,8 +349,8 @@ def _decodes_in_workers(decode_in_workers: bool | None, device) -> bool:
 class FastImageDL(TfmdDL):
     "A `TfmdDL` whose workers only read image files; each batch is decoded, cropped and resized at once on the loader's device."
     def __init__(self, dataset=None, after_item=None, after_batch=None, draft: bool = True, prefetch: int = 2,
-                 decode_in_workers: bool | None = None, num_workers: int | None = None, **kwargs):
-        "`decode_in_workers`: None decodes in the workers on a CPU device and in the main process on a GPU."
+                 decode_in_workers: bool | None = None, num_workers: int | None = None, cache: DecodedCache | None = None, **kwargs):
+        "`decode_in_workers`: None decodes in the workers on a CPU device and in the main process on a GPU. `cache` keeps decoded images between epochs, where the main process decodes."
         after_item, after_batch = _split_item_tfms(after_item, after_batch, draft)
         self.prefetch, self.decode_in_workers = prefetch, decode_in_workers
         if num_workers is None and not _decodes_in_workers(decode_in_workers, kwargs.get('device')):
@@ -302,6 +358,11 @@ class FastImageDL(TfmdDL):
             # start (a fork of a process holding a CUDA context) at every epoch of every loader
             num_workers = min(GPU_READERS, defaults.cpus)
         super().__init__(dataset, after_item=after_item, after_batch=after_batch, num_workers=num_workers, **kwargs)
+        if cache is not None:
+            if self._decode_in_workers():
+                warnings.warn('The decoded-image cache has no effect where worker processes decode (on a CPU device, by default): '
+                              'each worker would keep its own copy. Pass decode_in_workers=False to decode and keep them here.')
+            else: self.decoder.cache = cache
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **{'prefetch': self.prefetch, 'decode_in_workers': self.decode_in_workers, **kwargs})
@@ -376,29 +437,33 @@ def _in_background(batches, depth: int, stream=None):
         t.join()
 
 # %% ../nbs/10_fastimage.ipynb #a8dc7491
-def FastImageBlock(draft: bool = True):
-    "Like `ImageBlock` (RGB), but images are decoded a batch at a time on the loader's device (see `FastImageDL`)."
+def _fast_dls_kwargs(draft: bool, cache_gb: float) -> dict:
+    "What every loader of a fast data block is given; one cache, so one budget, for all of them."
+    return {'draft': draft, **({'cache': DecodedCache(cache_gb * 2**30)} if cache_gb else {})}
+
+def FastImageBlock(draft: bool = True, cache_gb: float = 0):
+    "Like `ImageBlock` (RGB), but images are decoded a batch at a time on the loader's device (see `FastImageDL`), keeping up to `cache_gb` GiB of them decoded between epochs."
     return TransformBlock(type_tfms=ReadImage(), batch_tfms=IntToFloatTensor, dl_type=FastImageDL,
-                          dls_kwargs={'draft': draft})
+                          dls_kwargs=_fast_dls_kwargs(draft, cache_gb))
 
 def _reads_rgb_images(tfms) -> bool:
     return any(getattr(getattr(t, '__self__', None), '__name__', None) == 'PILImage' for t in tfms)
 
-def fast_dblock(dblock: DataBlock, draft: bool = True) -> DataBlock:
-    "A copy of `dblock` whose `ImageBlock` (RGB) is a `FastImageBlock`."
+def fast_dblock(dblock: DataBlock, draft: bool = True, cache_gb: float = 0) -> DataBlock:
+    "A copy of `dblock` whose `ImageBlock` (RGB) is a `FastImageBlock(draft, cache_gb)`."
     if not any(_reads_rgb_images(tt) for tt in dblock.type_tfms):
         raise ValueError('This DataBlock has no RGB ImageBlock to speed up')
     res = copy.copy(dblock)
     vars(res).pop('dataloaders', None)  # DataBlock binds `dataloaders` to the original instance
     res.type_tfms = type(dblock.type_tfms)([[ReadImage()] if _reads_rgb_images(tt) else tt for tt in dblock.type_tfms])
-    res.dl_type, res.dls_kwargs = FastImageDL, {**dblock.dls_kwargs, 'draft': draft}
+    res.dl_type, res.dls_kwargs = FastImageDL, {**dblock.dls_kwargs, **_fast_dls_kwargs(draft, cache_gb)}
     return res
 
 class FastImageDataLoaders(ImageDataLoaders):
     "`ImageDataLoaders` whose factory methods use `FastImageBlock`: same arguments, same data, faster batches."
     @classmethod
-    def from_dblock(cls, dblock, source, path='.', draft: bool = True, **kwargs):
-        return super().from_dblock(fast_dblock(dblock, draft), source, path=path, **kwargs)
+    def from_dblock(cls, dblock, source, path='.', draft: bool = True, cache_gb: float = 0, **kwargs):
+        return super().from_dblock(fast_dblock(dblock, draft, cache_gb), source, path=path, **kwargs)
 
 # fastai re-wraps these four factories after defining the class, which binds them to `ImageDataLoaders`
 # itself; bind them to this class so that they reach `from_dblock` above.
@@ -407,6 +472,7 @@ for _name in ('from_name_func', 'from_path_re', 'from_name_re', 'from_csv'):
 
 # %% ../nbs/10_fastimage.ipynb #b7e0c1a1
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss, Learner, Recorder
 from fastai.optimizer import OptimWrapper
 
@@ -430,11 +496,21 @@ class KeepLossOnDevice(Callback):
         r = getattr(self.learn, 'recorder', None)
         if r is not None and r.losses: r.losses = list(torch.stack(list(r.losses)).cpu().unbind())
 
+class LazyLossProgress(ProgressCallback):
+    "fastai's progress bar, but it reads the running loss (and so waits for the GPU) only when it redraws, not at every step."
+    @property
+    def name(self): return 'progress'  # so that `learn.progress` and `learn.no_bar()` find it as they find fastai's
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        redrawn = self.pbar.last_v == self.iter + 1
+        if redrawn and hasattr(self, 'smooth_loss'): self.pbar.comment = f'{self.smooth_loss.item():.4f}'
+
 def fast_training(learn: Learner, bf16: bool = True) -> Learner:
-    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU, and (with `bf16`, where supported) bf16 mixed precision with channels_last."
+    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU (also by the progress bar), and (with `bf16`, where supported) bf16 mixed precision with channels_last."
     if getattr(learn.dls, 'device', None) is None or torch.device(learn.dls.device).type != 'cuda': return learn
     learn.opt_func, learn.opt = torch_adamw, None  # the optimizer is made again, with AdamW, at the next fit
     learn.add_cb(KeepLossOnDevice())
+    if type(getattr(learn, 'progress', None)) is ProgressCallback: learn.remove_cb(learn.progress).add_cb(LazyLossProgress())
     if bf16 and torch.cuda.is_bf16_supported(): learn.to_channelslast(amp_mode='bf16')
     return learn
 

@@ -90,6 +90,21 @@ def test_gpu_batches_match_stock(pets, method):
     assert_close(xs, xf, GPU, ('gpu', method))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_gpu_cache_serves_later_epochs(pets):
+    "With `cache_gb`, a second pass decodes nothing and gives the same batches; training batches still come out whole."
+    fast = loaders(pets, True, RandomResizedCrop(64), device='cuda', cache_gb=1)
+    cache = fast.valid.decoder.cache
+    cache.clear()
+    first, second = all_valid(fast), all_valid(fast)
+    n = len(fast.valid_ds)
+    assert (cache.hits, cache.misses) == (n, n)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    for _ in range(2):
+        for x, y in fast.train: assert x.shape[1:] == (3, 64, 64) and x.is_cuda
+    assert cache.hits > n and len(cache) == cache.misses
+
+
 def test_random_resized_crop_validation_matches_stock(pets):
     stock, fast = loaders(pets, False, RandomResizedCrop(64)), loaders(pets, True, RandomResizedCrop(64), draft=False)
     assert_close(all_valid(stock)[0], all_valid(fast)[0], EXACT, 'RandomResizedCrop')
@@ -149,3 +164,20 @@ def test_a_learner_on_fast_images_learns_like_stock(pets):
     chance = 12 / 37  # cats are 12 of the 37 breeds: always answering "dog" errs on about 32%
     assert stock < chance / 2 and fast < chance / 2, (stock, fast)
     assert abs(stock - fast) < 0.1, (stock, fast)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_gpu_fast_training_learns_with_cache_and_lazy_progress_bar(pets):
+    "Lesson 1's GPU path at a small size: cached decoding, fast_training (AdamW, bf16, loss on the GPU, lazy bar), progress bar on."
+    from course_utils.fastimage import KeepLossOnDevice, LazyLossProgress, fast_training
+    path, files = pets
+    set_seed(42)
+    dls = FastImageDataLoaders.from_name_func(path, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(64),
+                                              bs=32, device='cuda', cache_gb=1)
+    model = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+    learn = fast_training(Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=error_rate))
+    assert isinstance(learn.progress, LazyLossProgress) and isinstance(learn.keep_loss_on_device, KeepLossOnDevice)
+    learn.fit_one_cycle(4, 1e-2)
+    assert learn.validate()[1] < 12 / 37 / 2
+    assert dls.train.decoder.cache.hits > 0
