@@ -9,6 +9,7 @@ Writes bench_fastimage.json and bench_fastimage.md to --out (default bench/resul
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -381,6 +382,7 @@ def main(argv=None):
         data = data_only(files[:args.data_images], folder, cfg, args, w)
         results[key] = dict(data_img_s=data, **fine_tune(files, folder, cfg, args, w))
         print(key, results[key], flush=True); save()
+        gc.collect()  # a learner is a web of references: free its GPU memory (and decoded-image cache) before the next run
 
     meta = dict(n_images=len(files), mean_kb=float(np.mean([f.stat().st_size for f in files])) / 1024,
                 min_side=min(min(s) for s in sizes), max_side=max(max(s) for s in sizes), arch=args.arch, size=args.size,

@@ -82,11 +82,15 @@ def weights_file(arch) -> Path | None:
     return Path(torch.hub.get_dir()) / 'checkpoints' / url.rsplit('/', 1)[-1]
 
 def pretrained(arch, quiet: bool = False) -> bool:
-    "Can `arch` start from pretrained weights here (cached, or downloadable right now)?"
+    "Should `arch` start from pretrained weights: real data in use, and weights cached or downloadable right now?"
+    name = getattr(arch, '__name__', arch)
+    if using_sample_data():
+        if not quiet: print(f"Note: on sample data, {name} starts from random weights, as the lessons' sample settings expect.")
+        return False
     f = weights_file(arch)
     ok = f is not None and (f.exists() or online('download.pytorch.org'))
     if not ok and not quiet:
-        print(f"Note: no pretrained weights for {getattr(arch, '__name__', arch)} here (offline, not cached): "
+        print(f"Note: no pretrained weights for {name} here (offline, not cached): "
               "training from random weights, so results will differ from the book.")
     return ok
 
