@@ -22,19 +22,18 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))  # the browser settings the app tests use
 RESULTS = ROOT / 'bench' / 'RESULTS.md'
 START, END = '<!-- bench_predict:start -->', '<!-- bench_predict:end -->'
 SIZE = 224
@@ -132,12 +131,6 @@ def first_prediction(code: str, runs: int = 3) -> dict:
             'peak_mb': statistics.median(o[2] for o in out)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 async def _visitor(ctx, url: str, photo: Path, timeout_s: float) -> dict:
     page = await ctx.new_page()
     t0 = time.perf_counter()
@@ -159,45 +152,25 @@ async def _visitor(ctx, url: str, photo: Path, timeout_s: float) -> dict:
         await page.close(run_before_unload=True)
 
 
-async def _visitors(url: str, photo: Path, n: int, timeout_s: float, profile: str) -> list[dict]:
+async def _visitors(url: str, photo: Path, n: int, timeout_s: float, profile: Path) -> list[dict]:
     from playwright.async_api import async_playwright
+    from browser import NOT_LOOPBACK, launch_options
     async with async_playwright() as p:
-        ctx = await p.chromium.launch_persistent_context(
-            profile, executable_path=os.environ.get('CHROMIUM_PATH', '/usr/bin/chromium'), headless=True,
-            args=['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'])
-        await ctx.route(re.compile(r'^https?://(?!127\.0\.0\.1[:/])'), lambda route: route.abort())
+        ctx = await p.chromium.launch_persistent_context(**launch_options(profile))
+        await ctx.route(NOT_LOOPBACK, lambda route: route.abort())
         try: return await asyncio.gather(*[_visitor(ctx, url, photo, timeout_s) for _ in range(n)])
         finally: await ctx.close()
 
 
 def voila_load(work: Path, photo: Path, n: int, timeout_s: float = 240) -> dict:
     "N simultaneous visitors of the bear app, each in its own tab (and so its own kernel)."
-    port = free_port()
+    from course_utils.cli import app_server
     env = dict(os.environ, COURSE_MODELS=str(work / 'models'), PYTHONWARNINGS='ignore',
                JUPYTER_RUNTIME_DIR=str(work / 'runtime'), IPYTHONDIR=str(work / 'ipython'))
-    log = open(work / 'voila.log', 'wb')
-    proc = subprocess.Popen([str(Path(sys.executable).with_name('voila')), 'bear_classifier.ipynb', '--no-browser', f'--port={port}',
-                             '--Voila.ip=127.0.0.1', '--Voila.port_retries=0'], cwd=ROOT / 'nbs' / 'apps', env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f'http://127.0.0.1:{port}'
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                opener.open(f'{base}/voila/static/voila.js', timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None: raise RuntimeError('voila did not start')
-                time.sleep(0.2)
+    with app_server(ROOT, 'bears', env=env, log=work / 'voila.log') as base:
         t0 = time.perf_counter()
-        runs = asyncio.run(_visitors(base + '/', photo, n, timeout_s, str(work / 'chromium')))
+        runs = asyncio.run(_visitors(base + '/', photo, n, timeout_s, work / 'chromium'))
         wall = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: proc.kill()
-        log.close()
     ok = [r for r in runs if r['ok']]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float('nan')
     return {'visitors': n, 'succeeded': len(ok), 'wall_s': wall, 'errors': [r['error'] for r in runs if not r['ok']],

@@ -8,14 +8,18 @@ Docs: https://pdl-course.github.io/pdl2020/cli.html.md"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['APPS', 'repo_root', 'lessons', 'find_lesson', 'run_lesson', 'app_notebook', 'serve_app', 'main']
+__all__ = ['APPS', 'repo_root', 'lessons', 'find_lesson', 'run_lesson', 'app_notebook', 'voila_command', 'serve_app', 'free_port',
+           'app_server', 'main']
 
 # %% ../nbs/09_cli.ipynb #11ed10ac
 def repo_root(start: Path | None = None) -> Path:
@@ -73,13 +77,51 @@ def app_notebook(root: Path, name: str) -> Path:
     if name not in APPS: raise SystemExit(f"No app called {name!r}; apps: {', '.join(APPS)}")
     return root / 'nbs' / 'apps' / APPS[name]
 
-def serve_app(root: Path, name: str, port: int = 8866, extra: list[str] | None = None) -> int:
-    "Serve the app called `name` with Voila on `port` until Ctrl+C."
+def voila_command(root: Path, name: str, port: int, extra: list[str] | None = None) -> tuple[list[str], Path]:
+    "The command that serves the app called `name` on `port`, and the folder to run it in (where the apps' voila.py is)."
     nb = app_notebook(root, name)
-    print(f"Serving {nb.name} at http://localhost:{port}/ (Ctrl+C stops it)", flush=True)
     # The `voila` script, not `python -m voila`: run from nbs/apps, `-m` would import the config file voila.py.
     cmd = [str(Path(sys.executable).with_name('voila')), nb.name, '--no-browser', f'--port={port}', '--Voila.port_retries=0', *(extra or [])]
-    return subprocess.call(cmd, cwd=nb.parent)
+    return cmd, nb.parent
+
+def serve_app(root: Path, name: str, port: int = 8866, extra: list[str] | None = None) -> int:
+    "Serve the app called `name` with Voila on `port` until Ctrl+C."
+    cmd, folder = voila_command(root, name, port, extra)
+    print(f"Serving {app_notebook(root, name).name} at http://localhost:{port}/ (Ctrl+C stops it)", flush=True)
+    return subprocess.call(cmd, cwd=folder)
+
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that nothing listens on right now."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.0.0.1 to a proxy
+
+@contextlib.contextmanager
+def app_server(root: Path, name: str, env: dict | None = None, log: Path | None = None, timeout: float = 60):
+    "Serve the app called `name` on a free port of 127.0.0.1 in the background: yields its base URL once Voila serves, and stops Voila (with every kernel it started) afterwards."
+    port = free_port()
+    cmd, folder = voila_command(root, name, port, ['--Voila.ip=127.0.0.1'])
+    base, t0 = f'http://127.0.0.1:{port}', time.monotonic()
+    with open(log or os.devnull, 'wb') as out:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                if proc.poll() is not None: raise RuntimeError(f'voila exited early (rc={proc.returncode}); its output: {log}')
+                try:  # a static file: each GET of "/" would start a kernel and run the notebook
+                    with _NO_PROXY.open(f'{base}/voila/static/voila.js', timeout=2) as r:
+                        if r.status == 200: break
+                except OSError: pass
+                if time.monotonic() - t0 > timeout: raise TimeoutError(f'voila not serving after {timeout} s; its output: {log}')
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()  # voila shuts down the kernels it started
+            try: proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 # %% ../nbs/09_cli.ipynb #aa05c9f7
 def main(argv: list[str] | None = None) -> int:

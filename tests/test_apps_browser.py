@@ -12,9 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,17 +21,16 @@ from pathlib import Path
 import pytest
 
 from app_inputs import Upload, make_inputs, upright_reference
+from browser import CHROMIUM, NOT_LOOPBACK, launch_options
 from demo_model import demo_models_dir, sample_bear_photo
 from notebook_runner import ARTIFACTS, ROOT, notebooks_fastai_home, run_notebook
+from course_utils.cli import app_server
 
 pytest.importorskip('playwright.sync_api')
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 APPS = ROOT / 'nbs' / 'apps'
 SHOTS = ARTIFACTS / 'screenshots'
-CHROMIUM = os.environ.get('CHROMIUM_PATH', '/usr/bin/chromium')
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.0.0.1 to a proxy
 TOL = 1e-4
 TIMINGS: dict[str, list[float]] = {}
@@ -44,12 +40,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromiu
 
 def record(name: str, seconds: float):
     TIMINGS.setdefault(name, []).append(round(seconds, 3))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- fixtures
@@ -85,42 +75,22 @@ def voila_server(models, tmp_path_factory):
     "voila on a free loopback port, started from nbs/apps so that it reads the apps' voila.py; always stopped."
     home = tmp_path_factory.mktemp('jupyter')
     SHOTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     env = dict(os.environ, COURSE_MODELS=str(models), JUPYTER_DATA_DIR=str(home / 'data'),
                JUPYTER_RUNTIME_DIR=str(home / 'runtime'), IPYTHONDIR=str(home / 'ipython'), XDG_CACHE_HOME=str(home / 'cache'),
                PYTHONWARNINGS='ignore')
-    cmd = [str(Path(sys.executable).with_name('voila')), 'bear_classifier.ipynb', '--no-browser', f'--port={port}',
-           '--Voila.ip=127.0.0.1', '--Voila.port_retries=0']
     log_path = SHOTS / 'voila.log'
-    base = f'http://127.0.0.1:{port}'
     t0 = time.perf_counter()
-    with open(log_path, 'wb') as log:
-        proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                if proc.poll() is not None: raise RuntimeError(f'voila exited early (rc={proc.returncode}), see {log_path}')
-                try:  # a static file: every GET of "/" would start a kernel and run the notebook
-                    with NO_PROXY.open(f'{base}/voila/static/voila.js', timeout=2) as r:
-                        if r.status == 200: break
-                except OSError: pass
-                if time.perf_counter() - t0 > 60: raise TimeoutError(f'voila not serving after 60 s, see {log_path}')
-                time.sleep(0.1)
-            record('voila_start_to_serving', time.perf_counter() - t0)
-            yield {'url': base + '/', 'port': port, 'log': log_path}
-        finally:
-            proc.terminate()  # voila shuts down every kernel it started
-            try: proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with app_server(ROOT, 'bears', env=env, log=log_path) as base:
+        record('voila_start_to_serving', time.perf_counter() - t0)
+        yield {'url': base + '/', 'port': int(base.rsplit(':', 1)[1]), 'log': log_path}
 
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('chromium-profile')), executable_path=CHROMIUM,
-                                                   args=CHROMIUM_ARGS, headless=True, viewport={'width': 900, 'height': 760})
-        ctx.route(re.compile(r'^https?://(?!127\.0\.0\.1[:/])'), lambda route: route.abort())  # hermetic
+        ctx = p.chromium.launch_persistent_context(**launch_options(tmp_path_factory.mktemp('chromium-profile'),
+                                                                    viewport={'width': 900, 'height': 760}))
+        ctx.route(NOT_LOOPBACK, lambda route: route.abort())  # hermetic
         try: yield ctx
         finally: ctx.close()
 
