@@ -25,16 +25,12 @@ TOL = 1e-4
 @pytest.fixture(scope='module')
 def pets(tmp_path_factory):
     "A small trained cat/dog learner on the pets sample, and pictures of awkward shapes to predict."
-    from fastai.vision.all import ImageDataLoaders, Resize, resnet18, vision_learner
+    from fastai.vision.all import Resize, resnet18, vision_learner
     from course_utils.core import CPUSpeedup
-    from course_utils.export import cat_or_dog
     from course_utils.samples import build_pets
     root = tmp_path_factory.mktemp('pets')
-    images = build_pets(root / 'pets', n_per_breed=2) / 'images'
-    files = sorted(images.glob('*.jpg'))
-    dls = ImageDataLoaders.from_path_func(images, files, cat_or_dog, valid_pct=0.25, seed=0, item_tfms=Resize(48),
-                                          bs=16, num_workers=0)
-    learn = vision_learner(dls, resnet18, pretrained=False)
+    files = sorted((build_pets(root / 'pets', n_per_breed=2) / 'images').glob('*.jpg'))
+    learn = vision_learner(cat_dog_loaders(files, Resize(48)), resnet18, pretrained=False)
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, CPUSpeedup)])  # predictions in float32, like the app
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
     rng = np.random.default_rng(1)
@@ -45,29 +41,40 @@ def pets(tmp_path_factory):
     return learn, files, pictures, root
 
 
-METHODS = {
-    'crop': dict(item='Resize(48)'),
-    'squish': dict(item="Resize((40, 56), method='squish')"),
-    'pad_zeros': dict(item="Resize(48, method='pad', pad_mode='zeros')"),
-    'pad_reflection': dict(item="Resize((56, 40), method='pad', pad_mode='reflection')", normalize=True),
-    'random_resized_crop': dict(item='RandomResizedCrop(48, min_scale=0.5)', augment=True),  # lesson 2's recipe
-}
+def cat_dog_loaders(files, item_tfms, batch_tfms=None):
+    "The loaders of every learner here: the same files, split and batch size, with the given transforms."
+    from fastai.vision.all import ImageDataLoaders
+    from course_utils.export import cat_or_dog
+    return ImageDataLoaders.from_path_func(files[0].parent, files, cat_or_dog, valid_pct=0.25, seed=0, bs=16,
+                                           item_tfms=item_tfms, batch_tfms=batch_tfms, num_workers=0)
+
+
+def transforms(method: str):
+    "Item and batch transforms of each resize method the predictor must reproduce."
+    from fastai.vision.all import Normalize, RandomResizedCrop, Resize, aug_transforms, imagenet_stats
+    return {
+        'crop': (Resize(48), None),
+        'squish': (Resize((40, 56), method='squish'), None),
+        'pad_zeros': (Resize(48, method='pad', pad_mode='zeros'), None),
+        'pad_reflection': (Resize((56, 40), method='pad', pad_mode='reflection'), [Normalize.from_stats(*imagenet_stats)]),
+        'random_resized_crop': (RandomResizedCrop(48, min_scale=0.5), aug_transforms()),  # lesson 2's recipe
+    }[method]
+
+
+METHODS = ['crop', 'squish', 'pad_zeros', 'pad_reflection', 'random_resized_crop']
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_predictor_matches_learn_predict(pets, method):
-    from fastai.vision.all import (ImageDataLoaders, Normalize, PILImage, RandomResizedCrop, Resize, aug_transforms,
-                                   imagenet_stats)
-    from course_utils.export import cat_or_dog, export_for_app
+    from fastai.vision.all import Normalize, PILImage
+    from course_utils.export import export_for_app
     learn, files, pictures, root = pets
-    spec = METHODS[method]
-    batch_tfms = (aug_transforms() if spec.get('augment') else []) + ([Normalize.from_stats(*imagenet_stats)] if spec.get('normalize') else [])
-    learn.dls = ImageDataLoaders.from_path_func(files[0].parent, files, cat_or_dog, valid_pct=0.25, seed=0, bs=16,
-                                                item_tfms=eval(spec['item']), batch_tfms=batch_tfms, num_workers=0)
+    item_tfms, batch_tfms = transforms(method)
+    learn.dls = cat_dog_loaders(files, item_tfms, batch_tfms)
     out = export_for_app(learn, root / method)
     manifest = read_manifest(out)
     assert manifest['input']['method'] == {'pad_zeros': 'pad', 'pad_reflection': 'pad'}.get(method, method)
-    assert (manifest['input']['normalize'] is not None) == bool(spec.get('normalize'))
+    assert (manifest['input']['normalize'] is not None) == any(isinstance(t, Normalize) for t in batch_tfms or [])
     want = {p: learn.predict(PILImage.create(p)) for p in pictures}
     for backend in BACKENDS:
         predictor = load_predictor(out, backend)
@@ -83,11 +90,10 @@ def test_predictor_matches_learn_predict(pets, method):
 
 def test_wrong_preprocessing_is_detected(pets):
     "The 1e-4 tolerance is meaningful: preprocessing a wide picture the wrong way changes the answer by far more."
-    from fastai.vision.all import ImageDataLoaders, PILImage, Resize
-    from course_utils.export import cat_or_dog, export_for_app
+    from fastai.vision.all import PILImage, Resize
+    from course_utils.export import export_for_app
     learn, files, pictures, root = pets
-    learn.dls = ImageDataLoaders.from_path_func(files[0].parent, files, cat_or_dog, valid_pct=0.25, seed=0, bs=16,
-                                                item_tfms=Resize(48), num_workers=0)
+    learn.dls = cat_dog_loaders(files, Resize(48))
     out = export_for_app(learn, root / 'wrong')
     manifest = json.loads((out / 'manifest.json').read_text())
     manifest['input'] |= {'method': 'pad', 'pad_mode': 'zeros'}
