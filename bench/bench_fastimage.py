@@ -141,15 +141,20 @@ def error_checks(learn) -> dict:
     with learn.added_cbs(BatchStatsBN()): res['error_rate_batch_stats'] = float(learn.validate()[1])  # changes BN stats: last
     return res
 
-def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
-    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s. With `audit`, instead: where the loop makes Python wait for the GPU, per step."
-    import torch
-    from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, create_vision_model
-    x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
-    y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
+def resident_dls(x, y, n_batches: int, device):
+    "fastai DataLoaders whose training loader serves the batch (x, y) `n_batches` times, with no loader work at all."
+    from fastai.vision.all import DataLoader, DataLoaders
     class Resident(DataLoader):
         def __iter__(self):
             for _ in range(len(self)): yield x, y
+    return DataLoaders(Resident(range(n_batches), bs=1), Resident(range(1), bs=1), device=device)
+
+def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
+    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s. With `audit`, instead: where the loop makes Python wait for the GPU, per step."
+    import torch
+    from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, create_vision_model
+    x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
+    y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
     class Timer(Callback):
         order = 100
         def after_batch(self):
@@ -159,7 +164,7 @@ def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
         def after_train(self):
             if audit: torch.cuda.set_sync_debug_mode('default')
             sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
-    dls = DataLoaders(Resident(range(warmup + steps), bs=1), Resident(range(1), bs=1), device=args.device)
+    dls = resident_dls(x, y, warmup + steps, args.device)
     timer = Timer()
     learn = apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
                                    cbs=timer), cfg, args)

@@ -65,19 +65,15 @@ def raw_ms(x, y, steps: int, warmup: int) -> float:
 
 def fastai_ms(x, y, steps: int, warmup: int, fast: bool) -> float:
     "Milliseconds per step of fastai's `Learner.fit` (with its progress bar, as a lesson runs it) on one batch served again and again."
-    from fastai.vision.all import (Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, TensorCategory,
-                                   TensorImage)
+    from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, TensorCategory, TensorImage
     from course_utils.fastimage import KeepLossOnDevice, LazyLossProgress, torch_adamw
-    xb, yb = TensorImage(x), TensorCategory(y)
-    class Resident(DataLoader):
-        def __iter__(self):
-            for _ in range(len(self)): yield xb, yb
+    from bench_fastimage import resident_dls
     class Timer(Callback):
         order = 100
         def after_batch(self):
             if self.training and self.iter == warmup - 1: self.t0 = time.perf_counter()
         def after_train(self): self.ms = (time.perf_counter() - self.t0) / (self.n_iter - warmup) * 1000
-    dls = DataLoaders(Resident(range(warmup + steps), bs=1), Resident(range(1), bs=1), device='cpu')
+    dls = resident_dls(TensorImage(x), TensorCategory(y), warmup + steps, 'cpu')
     timer = Timer()
     learn = Learner(dls, model(), loss_func=CrossEntropyLossFlat(), cbs=timer)
     if fast:  # what `fast_training` does on a GPU, less bf16 and channels_last, which the CPU does not run alike
