@@ -471,14 +471,17 @@ for _name in ('from_name_func', 'from_path_re', 'from_name_re', 'from_csv'):
     setattr(FastImageDataLoaders, _name, classmethod(getattr(ImageDataLoaders, _name).__func__))
 
 # %% ../nbs/10_fastimage.ipynb #b7e0c1a1
+from functools import partial
+
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss, Learner, Recorder
 from fastai.optimizer import OptimWrapper
 
 def torch_adamw(params, **kwargs) -> OptimWrapper:
-    "A fastai `opt_func`: PyTorch's AdamW, which updates all parameters with a few multi-tensor kernels."
-    return OptimWrapper(params, opt=torch.optim.AdamW, **kwargs)
+    "A fastai `opt_func`: PyTorch's AdamW, which updates all parameters with a few multi-tensor kernels, with fastai's `Adam` defaults."
+    # fastai's Adam: squared-gradient momentum 0.99 and eps 1e-5, where PyTorch's defaults are 0.999 and 1e-8
+    return OptimWrapper(params, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5), **kwargs)
 
 class SmoothLossOnDevice(AvgSmoothLoss):
     "fastai's running training loss, kept on the device of the loss instead of being copied to the CPU at every step."
