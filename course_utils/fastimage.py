@@ -40,7 +40,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 __all__ = ['GPU_READERS', 'JpegInfo', 'jpeg_info', 'EncodedImage', 'ReadImage', 'CropPlan', 'plan_crop', 'crop_pad', 'to_uint8',
            'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'DecodedCache', 'DecodeImages', 'FastImageDL',
            'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders', 'torch_adamw', 'SmoothLossOnDevice',
-           'KeepLossOnDevice', 'LazyLossProgress', 'fast_training', 'skip_zero_padding', 'presize_images']
+           'KeepLossOnDevice', 'LazyLossProgress', 'fast_training', 'RefreshBatchNormStats', 'skip_zero_padding',
+           'presize_images']
 
 # %% ../nbs/10_fastimage.ipynb #e28f78ad
 @dataclass(frozen=True)
@@ -516,6 +517,32 @@ def fast_training(learn: Learner, bf16: bool = True) -> Learner:
     if type(getattr(learn, 'progress', None)) is ProgressCallback: learn.remove_cb(learn.progress).add_cb(LazyLossProgress())
     if bf16 and torch.cuda.is_bf16_supported(): learn.to_channelslast(amp_mode='bf16')
     return learn
+
+# %% ../nbs/10_fastimage.ipynb #d3c0a009
+from torch import nn
+
+class RefreshBatchNormStats(Callback):
+    "At the end of each fit's training, before its last validation: recompute every BatchNorm layer's running statistics as the plain average over the last `n_batches` training batches (weights unchanged)."
+    def __init__(self, n_batches: int = 8): self.n_batches = n_batches
+    def before_fit(self): self.kept = []
+    def after_batch(self):
+        if self.training and self.epoch == self.n_epoch - 1 and self.iter >= self.n_iter - self.n_batches:
+            self.kept.append(self.xb)
+
+    def after_train(self):
+        if self.epoch != self.n_epoch - 1: return
+        kept, self.kept = self.kept, []
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not kept or not bns or hasattr(self.learn, 'lr_finder'): return  # the lr finder restores the weights anyway
+        momenta, was_training = [m.momentum for m in bns], self.model.training
+        for m in bns: m.reset_running_stats(); m.momentum = None  # None: a cumulative average over the batches seen
+        self.model.train()
+        try:
+            with torch.no_grad():
+                for xb in kept: self.model(*xb)
+        finally:
+            for m, momentum in zip(bns, momenta): m.momentum = momentum
+            self.model.train(was_training)
 
 # %% ../nbs/10_fastimage.ipynb #55189523
 from fastai.vision.augment import _pad_modes, tvpad
