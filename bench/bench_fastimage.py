@@ -90,11 +90,11 @@ def data_only(files, folder, cfg, args, workers) -> float:
     return n / (time.perf_counter() - t0)
 
 def apply_settings(learn, cfg, args):
-    "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training`."
+    "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training`; and BatchNorm statistics refreshed if asked."
     from course_utils.fastimage import RefreshBatchNormStats, fast_training
     if cfg['training'] == 'fast': fast_training(learn, bf16=cfg['precision'] == 'bf16')
-    if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
+    if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     return learn
 
 def fine_tune(files, folder, cfg, args, workers) -> dict:
