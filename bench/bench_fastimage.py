@@ -150,8 +150,8 @@ def resident_dls(x, y, n_batches: int, device):
             for _ in range(len(self)): yield x, y
     return DataLoaders(Resident(range(n_batches), bs=1), Resident(range(1), bs=1), device=device)
 
-def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
-    "fastai's `Learner.fit` on one batch already on the device, served again and again (no loader work at all): images/s. With `audit`, instead: where the loop makes Python wait for the GPU, per step."
+def _loop_learner(cfg, args, steps: int, warmup: int, audit: bool = False):
+    "A learner whose `fit(1)` runs fastai's loop on one batch already on the device, again and again (no loader work at all), timing the steps after `warmup` (`learn.timer.speed`: images/s); with `audit`, those steps run in CUDA's sync-warning mode."
     import torch
     from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, create_vision_model
     x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
@@ -166,13 +166,19 @@ def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
             if audit: torch.cuda.set_sync_debug_mode('default')
             sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
     dls = resident_dls(x, y, warmup + steps, args.device)
-    timer = Timer()
-    learn = apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
-                                   cbs=timer), cfg, args)
-    if not audit:
-        with learn.no_logging(), learn.no_bar(): learn.fit(1)
-        return timer.speed
+    return apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
+                                  cbs=Timer()), cfg, args)
+
+def fastai_loop(cfg, args, steps: int, warmup: int) -> float:
+    "fastai's `Learner.fit` on one batch already on the device, served again and again: images/s."
+    learn = _loop_learner(cfg, args, steps, warmup)
+    with learn.no_logging(), learn.no_bar(): learn.fit(1)
+    return learn.timer.speed
+
+def fastai_loop_syncs(cfg, args, steps: int, warmup: int) -> dict:
+    "Where fastai's loop makes Python wait for the GPU: call sites and how often per step (CUDA only)."
     import traceback, warnings
+    learn = _loop_learner(cfg, args, steps, warmup, audit=True)
     sites = {}
     def record(message, category, filename, lineno, file=None, line=None):
         if 'synchroniz' not in str(message): return
@@ -184,14 +190,19 @@ def fastai_loop(cfg, args, steps: int, warmup: int, audit: bool = False):
         with learn.no_logging(), learn.no_bar(): learn.fit(1)
     return {where: n / steps for where, n in sorted(sites.items(), key=lambda kv: -kv[1])}
 
+def encoded_batches(files, cfg, args, n_batches: int) -> list:
+    "`n_batches` batches of the first files as the fast loader's workers hand them over (bytes and validation crop plans), for its decoder."
+    from fastai.vision.all import Resize
+    from course_utils.fastimage import EncodedBatch, ReadImage, plan_crop
+    bs, read = cfg['bs'], ReadImage()
+    images = [read(f) for f in files[:bs * n_batches]]
+    plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
+    return [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
+
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes."
-    from fastai.vision.all import Resize
-    from course_utils.fastimage import EncodedBatch, ReadImage, decode_jpegs, plan_crop
-    bs, read = cfg['bs'], ReadImage()
-    images = [read(f) for f in files[:bs * (n_batches + 1)]]
-    plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
-    batches = [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
+    from course_utils.fastimage import decode_jpegs
+    bs, batches = cfg['bs'], encoded_batches(files, cfg, args, n_batches + 1)
     batches[0].decode()  # warm-up: decoder state, kernels
     res = {}
     for name, work in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device)),
@@ -204,12 +215,7 @@ def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
 class DecodingAlongside:
     "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does; `img_s`: how fast it went."
     def __init__(self, files, cfg, args, n_batches: int = 8):
-        from fastai.vision.all import Resize
-        from course_utils.fastimage import EncodedBatch, ReadImage, plan_crop
-        bs, read, self.device = cfg['bs'], ReadImage(), args.device
-        images = [read(f) for f in files[:bs * n_batches]]
-        plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
-        self.batches = [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images), bs)]
+        self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches)
 
     def _work(self):
         import contextlib, torch
@@ -382,7 +388,7 @@ def main(argv=None):
         if gpu:  # what decoding on the same GPU costs the model, and where fastai's loop waits for the GPU
             with DecodingAlongside(files, fast, args) as decoding: img_s = ceiling(fast, args, steps, warmup, alongside=decoding)
             results['ceiling_with_decoding'] = dict(fast=img_s, decode_img_s=decoding.img_s)
-            results['fastai_loop_syncs'] = fastai_loop(fast, args, steps, warmup, audit=True)
+            results['fastai_loop_syncs'] = fastai_loop_syncs(fast, args, steps, warmup)
             print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves

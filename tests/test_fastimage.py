@@ -148,6 +148,12 @@ def test_odd_files_fall_back_or_are_skipped(tmp_path, device, decode_in_workers)
     assert len(y) == len(x)
 
 
+def small_cnn() -> nn.Module:
+    "A CNN small enough that the learner tests train it in seconds."
+    return nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+
+
 def test_a_learner_on_fast_images_learns_like_stock(pets):
     "Lesson 1's task (cat or dog?) at a small size, with a small CNN so that two trainings fit in the test's time."
     path, _ = pets
@@ -155,9 +161,7 @@ def test_a_learner_on_fast_images_learns_like_stock(pets):
         set_seed(42, reproducible=True)
         dls = DataBlock(blocks=(block, CategoryBlock), get_items=get_image_files, splitter=RandomSplitter(seed=42),
                         get_y=using_attr(is_cat, 'name'), item_tfms=Resize(32)).dataloaders(path, bs=32, num_workers=0)
-        model = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
-        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=error_rate)
+        learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=error_rate)
         learn.fit_one_cycle(3, 1e-2)
         return learn.validate()[1]
     stock, fast = train(ImageBlock), train(FastImageBlock)
@@ -174,9 +178,7 @@ def test_gpu_fast_training_learns_with_cache_and_lazy_progress_bar(pets):
     set_seed(42)
     dls = FastImageDataLoaders.from_name_func(path, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(64),
                                               bs=32, device='cuda', cache_gb=1)
-    model = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
-    learn = fast_training(Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=error_rate))
+    learn = fast_training(Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=error_rate))
     assert isinstance(learn.progress, LazyLossProgress) and isinstance(learn.keep_loss_on_device, KeepLossOnDevice)
     learn.fit_one_cycle(4, 1e-2)
     assert learn.validate()[1] < 12 / 37 / 2
