@@ -315,9 +315,12 @@ def markdown(res: dict) -> str:
         fl, dc = r['fastai_loop'], r['decode_capacity']
         lines += ['', '| where the time goes (images/s) | stock settings | fast settings |', '|---|---|---|',
                   f"| raw PyTorch steps, batches on the device | {c['stock']:.0f} | {c['fast']:.0f} |",
-                  f"| fastai `Learner.fit`, batches on the device, fastai as it comes | {fl['stock']:.0f} | {fl['fast_stock_training']:.0f} |",
-                  f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} |",
-                  f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
+                  f"| fastai `Learner.fit`, batches on the device, fastai as it comes | {fl['stock']:.0f} ({ratio(fl['stock'], c['stock']):.0%}) "
+                  f"| {fl['fast_stock_training']:.0f} ({ratio(fl['fast_stock_training'], c['fast']):.0%}) |",
+                  f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} ({ratio(fl['fast'], c['fast']):.0%}) |"]
+        if 'fast_bs256' in fl:
+            lines.append(f"| same, at bs 256 | | {fl['fast_bs256']:.0f} ({ratio(fl['fast_bs256'], c['fast_bs256']):.0%} of {c['fast_bs256']:.0f}, the raw loop at bs 256) |")
+        lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |"]
     if 'ceiling_with_decoding' in r:
         cd = r['ceiling_with_decoding']
@@ -382,6 +385,7 @@ def main(argv=None):
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
         results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
                                   'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
+        if gpu: results['fastai_loop']['fast_bs256'] = fastai_loop({**fast, 'bs': 256}, args, steps, warmup)
         print('fastai_loop', results['fastai_loop'], flush=True)
         results['decode_capacity'] = decode_capacity(files, fast, args)
         print('decode_capacity', results['decode_capacity'], flush=True); save()
