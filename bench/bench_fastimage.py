@@ -92,7 +92,7 @@ def data_only(files, folder, cfg, args, workers) -> float:
 def apply_settings(learn, cfg, args):
     "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training`; and BatchNorm statistics refreshed if asked."
     from course_utils.fastimage import RefreshBatchNormStats, fast_training
-    if cfg['training'] == 'fast': fast_training(learn, bf16=cfg['precision'] == 'bf16')
+    if cfg['training'] == 'fast': fast_training(learn, precision=cfg['precision'])
     elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
     if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     return learn
@@ -341,7 +341,7 @@ def main(argv=None):
     p.add_argument('--size', type=int, default=None, help='image size (default 224; --quick: 128)')
     p.add_argument('--stock-bs', type=int, default=64)
     p.add_argument('--fast-bs', type=int, default=None, help='fast path batch size (default 128 on a GPU, else --stock-bs)')
-    p.add_argument('--fast-precision', default=None, choices=['fp32', 'bf16', 'fp16'], help='default bf16 on a GPU, else fp32')
+    p.add_argument('--fast-precision', default=None, choices=['fp32', 'bf16', 'fp16'], help="default on a GPU: bf16 where it is native, else fp16; on a CPU fp32")
     p.add_argument('--cache-gb', type=float, default=None, help='decoded images the fast path keeps between epochs (default 16 GiB on a GPU, '
                    'else 0: on a CPU the workers decode)')
     p.add_argument('--data-images', type=int, default=2048, help='images per data-only pass')
@@ -355,6 +355,7 @@ def main(argv=None):
     import torch, torchvision, fastai
     from fastai.vision.all import get_image_files
     import fastai.vision.all as fv
+    from course_utils.fastimage import gpu_amp_mode
     args.device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     gpu = args.device.type == 'cuda'
     n = args.n_images or (240 if args.quick else PETS_IMAGES)
@@ -364,7 +365,7 @@ def main(argv=None):
     cpus = os.cpu_count() or 1
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
     stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
-    fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or ('bf16' if gpu else 'fp32'),
+    fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
                 training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)})
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
 

@@ -40,8 +40,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 __all__ = ['GPU_READERS', 'JpegInfo', 'jpeg_info', 'EncodedImage', 'ReadImage', 'CropPlan', 'plan_crop', 'crop_pad', 'to_uint8',
            'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'DecodedCache', 'DecodeImages', 'FastImageDL',
            'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders', 'torch_adamw', 'SmoothLossOnDevice',
-           'KeepLossOnDevice', 'LazyLossProgress', 'fast_training', 'RefreshBatchNormStats', 'skip_zero_padding',
-           'presize_images']
+           'KeepLossOnDevice', 'LazyLossProgress', 'gpu_amp_mode', 'fast_training', 'RefreshBatchNormStats',
+           'skip_zero_padding', 'presize_images']
 
 # %% ../nbs/10_fastimage.ipynb #e28f78ad
 @dataclass(frozen=True)
@@ -509,13 +509,20 @@ class LazyLossProgress(ProgressCallback):
         redrawn = self.pbar.last_v == self.iter + 1
         if redrawn and hasattr(self, 'smooth_loss'): self.pbar.comment = f'{self.smooth_loss.item():.4f}'
 
-def fast_training(learn: Learner, bf16: bool = True) -> Learner:
-    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU (also by the progress bar), and (with `bf16`, where supported) bf16 mixed precision with channels_last."
+def gpu_amp_mode() -> str:
+    "Mixed precision for the current GPU: 'bf16' where it computes in bf16 natively (NVIDIA Ampere and later), else 'fp16'."
+    # PyTorch's is_bf16_supported() also says yes where bf16 is only emulated (a T4, a V100), which is slow
+    return 'bf16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'fp16'
+
+def fast_training(learn: Learner, precision: str = 'auto') -> Learner:
+    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU (also by the progress bar), and mixed precision with channels_last: `precision` is 'auto' (`gpu_amp_mode`), 'bf16', 'fp16' or 'fp32' (none)."
+    if precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise ValueError(f"precision={precision!r}: use 'auto', 'bf16', 'fp16' or 'fp32'")
     if getattr(learn.dls, 'device', None) is None or torch.device(learn.dls.device).type != 'cuda': return learn
     learn.opt_func, learn.opt = torch_adamw, None  # the optimizer is made again, with AdamW, at the next fit
     learn.add_cb(KeepLossOnDevice())
     if type(getattr(learn, 'progress', None)) is ProgressCallback: learn.remove_cb(learn.progress).add_cb(LazyLossProgress())
-    if bf16 and torch.cuda.is_bf16_supported(): learn.to_channelslast(amp_mode='bf16')
+    if precision == 'auto': precision = gpu_amp_mode()
+    if precision != 'fp32': learn.to_channelslast(amp_mode=precision)
     return learn
 
 # %% ../nbs/10_fastimage.ipynb #d3c0a009
