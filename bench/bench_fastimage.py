@@ -90,9 +90,11 @@ def data_only(files, folder, cfg, args, workers) -> float:
     return n / (time.perf_counter() - t0)
 
 def apply_settings(learn, cfg, args):
-    "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training`; and BatchNorm statistics refreshed if asked."
-    from course_utils.fastimage import RefreshBatchNormStats, fast_training
+    "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training` (with PyTorch's fused AdamW if asked); and BatchNorm statistics refreshed if asked."
+    from functools import partial
+    from course_utils.fastimage import RefreshBatchNormStats, fast_training, torch_adamw
     if cfg['training'] == 'fast': fast_training(learn, precision=cfg['precision'])
+    if cfg.get('fused'): learn.opt_func = partial(torch_adamw, fused=True)  # one kernel for the whole update instead of several per group
     elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
     if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     return learn
@@ -154,7 +156,8 @@ def _loop_learner(cfg, args, steps: int, warmup: int, audit: bool = False):
     "A learner whose `fit(1)` runs fastai's loop on one batch already on the device, again and again (no loader work at all), timing the steps after `warmup` (`learn.timer.speed`: images/s); with `audit`, those steps run in CUDA's sync-warning mode."
     import torch
     from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, create_vision_model
-    x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
+    size = cfg.get('size', args.size)
+    x = torch.randn(cfg['bs'], 3, size, size, device=args.device)
     y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
     class Timer(Callback):
         order = 100
@@ -242,8 +245,9 @@ def ceiling(cfg, args, steps: int, warmup: int, alongside=None) -> float:
     model = create_vision_model(args.arch_fn, 2, pretrained=False).to(args.device)
     cl = cfg['precision'] != 'fp32' and args.device.type == 'cuda'
     if cl: model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(cfg['bs'], 3, args.size, args.size, device=args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cfg.get('fused'))
+    size = cfg.get('size', args.size)
+    x = torch.randn(cfg['bs'], 3, size, size, device=args.device)
     if cl: x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(cfg['precision'])
@@ -320,6 +324,9 @@ def markdown(res: dict) -> str:
                   f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} ({ratio(fl['fast'], c['fast']):.0%}) |"]
         if 'fast_bs256' in fl:
             lines.append(f"| same, at bs 256 | | {fl['fast_bs256']:.0f} ({ratio(fl['fast_bs256'], c['fast_bs256']):.0%} of {c['fast_bs256']:.0f}, the raw loop at bs 256) |")
+        if 'fast_fused' in fl:
+            lines += [f"| raw PyTorch steps with fused AdamW (`fused=True`) | | {c['fast_fused']:.0f} ({ratio(c['fast_fused'], c['fast']):.0%}) |",
+                      f"| fastai with `fast_training` and fused AdamW | | {fl['fast_fused']:.0f} ({ratio(fl['fast_fused'], c['fast']):.0%}) |"]
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |"]
     if 'ceiling_with_decoding' in r:
@@ -328,6 +335,11 @@ def markdown(res: dict) -> str:
                   f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
                   '', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
+    if 'host_ms_per_step' in r:
+        h, b = r['host_ms_per_step'], m['fast']['bs']
+        lines += ['', f"Time Python takes to queue one training step (bs 2 at 64 px, too little work to keep the GPU busy): "
+                      f"raw PyTorch {h['raw']:.1f} ms, fastai with `fast_training` {h['fastai_fast']:.1f} ms. A raw step at the fast "
+                      f"settings (bs {b}) takes {b / c['fast'] * 1e3:.1f} ms: where the two are close, the loop is bound by Python, not by the GPU."]
     lines += ['', f"Total run time {m['total_s']:.0f} s (image generation {m['generate_s']:.0f} s)."]
     return '\n'.join(lines) + '\n'
 
@@ -386,7 +398,12 @@ def main(argv=None):
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
         results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
                                   'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
-        if gpu: results['fastai_loop']['fast_bs256'] = fastai_loop({**fast, 'bs': 256}, args, steps, warmup)
+        if gpu:  # a larger batch; the optimizer in one kernel; and, on a batch too small to keep the GPU busy, how long Python takes to queue one step
+            results['fastai_loop'].update(fast_bs256=fastai_loop({**fast, 'bs': 256}, args, steps, warmup),
+                                          fast_fused=fastai_loop({**fast, 'fused': True}, args, steps, warmup))
+            results['ceiling']['fast_fused'] = ceiling({**fast, 'fused': True}, args, steps, warmup)
+            tiny = {**fast, 'bs': 2, 'size': 64}
+            results['host_ms_per_step'] = {'raw': 2e3 / ceiling(tiny, args, steps, warmup), 'fastai_fast': 2e3 / fastai_loop(tiny, args, steps, warmup)}
         print('fastai_loop', results['fastai_loop'], flush=True)
         results['decode_capacity'] = decode_capacity(files, fast, args)
         print('decode_capacity', results['decode_capacity'], flush=True); save()
