@@ -6,6 +6,7 @@ can keep a GPU busy depends on how long Python takes to queue one step (the "hos
 long the GPU takes to run it. This script measures the host time where there is no GPU: the model is
 a "thin" ResNet-34 (every layer of the real one, with 1/32 of its channels), so that the CPU's
 arithmetic is small and what is left is the per-layer and per-step Python that a GPU run pays too.
+A second table times the loops around a one-layer model: the fixed cost of a step, whatever the model.
 
     python bench/bench_loop_overhead.py            # about a minute on 2 cores
 
@@ -50,9 +51,14 @@ def model():
     return create_vision_model(lambda pretrained=False, **kw: thin_resnet34(), 2, pretrained=False)
 
 
-def raw_ms(x, y, steps: int, warmup: int) -> float:
+def one_layer():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 2))
+
+
+def raw_ms(x, y, steps: int, warmup: int, make_model=model) -> float:
     "Milliseconds per step of a plain loop: forward, loss, backward, PyTorch AdamW."
-    m = model()
+    m = make_model()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     def step():
         loss = F.cross_entropy(m(x), y)
@@ -63,7 +69,7 @@ def raw_ms(x, y, steps: int, warmup: int) -> float:
     return (time.perf_counter() - t0) / steps * 1000
 
 
-def fastai_ms(x, y, steps: int, warmup: int, fast: bool) -> float:
+def fastai_ms(x, y, steps: int, warmup: int, fast: bool, make_model=model) -> float:
     "Milliseconds per step of fastai's `Learner.fit` (with its progress bar, as a lesson runs it) on one batch served again and again."
     from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, TensorCategory, TensorImage
     from course_utils.fastimage import KeepLossOnDevice, LazyLossProgress, torch_adamw
@@ -75,7 +81,7 @@ def fastai_ms(x, y, steps: int, warmup: int, fast: bool) -> float:
         def after_train(self): self.ms = (time.perf_counter() - self.t0) / (self.n_iter - warmup) * 1000
     dls = resident_dls(TensorImage(x), TensorCategory(y), warmup + steps, 'cpu')
     timer = Timer()
-    learn = Learner(dls, model(), loss_func=CrossEntropyLossFlat(), cbs=timer)
+    learn = Learner(dls, make_model(), loss_func=CrossEntropyLossFlat(), cbs=timer)
     if fast:  # what `fast_training` does on a GPU, less bf16 and channels_last, which the CPU does not run alike
         learn.opt_func = torch_adamw
         learn.add_cb(KeepLossOnDevice())
@@ -95,24 +101,32 @@ def main(argv=None):
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)  # one core: less noise from the other jobs on a shared machine
     torch.manual_seed(0)
-    x, y = torch.randn(args.bs, 3, args.size, args.size), torch.randint(0, 2, (args.bs,))
     warmup = 10
-    loops = {'raw PyTorch (AdamW)': lambda: raw_ms(x, y, args.steps, warmup),
-             'fastai as it comes': lambda: fastai_ms(x, y, args.steps, warmup, fast=False),
-             'fastai with the fast settings': lambda: fastai_ms(x, y, args.steps, warmup, fast=True)}
-    runs = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, run in loops.items(): runs[name].append(run())
-    ms = {name: statistics.median(v) for name, v in runs.items()}
-    raw = ms['raw PyTorch (AdamW)']
+    def measure(x, y, steps, make_model):
+        "Each loop `args.repeats` times, interleaved: the times and their medians."
+        loops = {'raw PyTorch (AdamW)': lambda: raw_ms(x, y, steps, warmup, make_model),
+                 'fastai as it comes': lambda: fastai_ms(x, y, steps, warmup, fast=False, make_model=make_model),
+                 'fastai with the fast settings': lambda: fastai_ms(x, y, steps, warmup, fast=True, make_model=make_model)}
+        runs = {name: [] for name in loops}
+        for _ in range(args.repeats):
+            for name, run in loops.items(): runs[name].append(run())
+        return runs, {name: statistics.median(v) for name, v in runs.items()}
+    def table(title, ms):
+        raw = ms['raw PyTorch (AdamW)']
+        return [title, '', '| loop | ms per step | / raw PyTorch |', '|---|---|---|'] + [
+            f"| {name} | {v:.2f} | {v / raw:.2f}x |" for name, v in ms.items()] + ['']
+    torch.manual_seed(0)
+    runs, ms = measure(torch.randn(args.bs, 3, args.size, args.size), torch.randint(0, 2, (args.bs,)), args.steps, model)
+    fixed_steps = 10 * args.steps
+    fixed_runs, fixed_ms = measure(torch.randn(4, 8), torch.randint(0, 2, (4,)), fixed_steps, one_layer)
     params = sum(p.numel() for p in model().parameters())
-    lines = [f"Host time per training step on the CPU: thin ResNet-34 ({params:,} parameters), bs {args.bs}, {args.size} px, "
-             f"{args.steps} steps, median of {args.repeats}", '', '| loop | ms per step | / raw PyTorch |', '|---|---|---|']
-    lines += [f"| {name} | {v:.2f} | {v / raw:.2f}x |" for name, v in ms.items()]
+    lines = table(f"Host time per training step on the CPU: thin ResNet-34 ({params:,} parameters), bs {args.bs}, {args.size} px, "
+                  f"{args.steps} steps, median of {args.repeats}", ms)
+    lines += table(f"The loop alone: one linear layer, bs 4, {fixed_steps} steps, median of {args.repeats}", fixed_ms)
     print('\n'.join(lines))
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / 'bench_loop_overhead.json').write_text(json.dumps(dict(args=vars(args), params=params, runs_ms=runs, median_ms=ms), indent=2))
-
+    (out / 'bench_loop_overhead.json').write_text(json.dumps(dict(args=vars(args), params=params, runs_ms=runs, median_ms=ms,
+                                                                  one_layer=dict(steps=fixed_steps, runs_ms=fixed_runs, median_ms=fixed_ms)), indent=2))
 
 if __name__ == '__main__':
     main()
