@@ -203,29 +203,35 @@ def encoded_batches(files, cfg, args, n_batches: int) -> list:
     return [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
 
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
-    "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes."
-    from course_utils.fastimage import decode_jpegs
+    "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes, then crops and resizes of images kept in a `DecodedCache` (every epoch after the first)."
+    from course_utils.fastimage import DecodedCache, decode_jpegs
     bs, batches = cfg['bs'], encoded_batches(files, cfg, args, n_batches + 1)
     batches[0].decode()  # warm-up: decoder state, kernels
+    cache = DecodedCache(2**40)
+    for b in batches[1:]: b.decode(cache)
     res = {}
     for name, work in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device)),
-                       ('decode_crop_resize', lambda b: b.decode())):
+                       ('decode_crop_resize', lambda b: b.decode()),
+                       ('crop_resize_from_cache', lambda b: b.decode(cache))):
         sync(args.device); t0 = time.perf_counter()
         for b in batches[1:]: work(b)
         sync(args.device); res[name] = (len(batches) - 1) * bs / (time.perf_counter() - t0)
     return res
 
 class DecodingAlongside:
-    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does; `img_s`: how fast it went."
-    def __init__(self, files, cfg, args, n_batches: int = 8):
+    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does (with `cached`: from a `DecodedCache`, crops and resizes only); `img_s`: how fast it went."
+    def __init__(self, files, cfg, args, n_batches: int = 8, cached: bool = False):
+        from course_utils.fastimage import DecodedCache
         self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches)
+        self.cache = DecodedCache(2**40) if cached else None
+        for b in self.batches if cached else []: b.decode(self.cache)
 
     def _work(self):
         import contextlib, torch
         cuda = self.device.type == 'cuda'
         with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else contextlib.nullcontext():
             while not self.stop.is_set():
-                for b in self.batches: b.decode(); self.n += len(b)
+                for b in self.batches: b.decode(self.cache); self.n += len(b)
                 if cuda: torch.cuda.current_stream().synchronize()  # a bounded backlog, as the loader's queue keeps it
 
     def __enter__(self):
@@ -328,11 +334,14 @@ def markdown(res: dict) -> str:
             lines += [f"| raw PyTorch steps with fused AdamW (`fused=True`) | | {c['fast_fused']:.0f} ({ratio(c['fast_fused'], c['fast']):.0%}) |",
                       f"| fastai with `fast_training` and fused AdamW | | {fl['fast_fused']:.0f} ({ratio(fl['fast_fused'], c['fast']):.0%}) |"]
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
-                  f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |"]
+                  f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |",
+                  f"| one decode thread alone: crop/resize of images kept in the cache | | {dc['crop_resize_from_cache']:.0f} |"]
     if 'ceiling_with_decoding' in r:
         cd = r['ceiling_with_decoding']
         lines += [f"| raw PyTorch steps while a thread decodes batches on the same GPU | | {cd['fast']:.0f} "
                   f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
+                  f"| raw PyTorch steps while a thread crops and resizes cached images on the same GPU | | {cd['fast_cached']:.0f} "
+                  f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |",
                   '', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
     if 'host_ms_per_step' in r:
@@ -409,7 +418,8 @@ def main(argv=None):
         print('decode_capacity', results['decode_capacity'], flush=True); save()
         if gpu:  # what decoding on the same GPU costs the model, and where fastai's loop waits for the GPU
             with DecodingAlongside(files, fast, args) as decoding: img_s = ceiling(fast, args, steps, warmup, alongside=decoding)
-            results['ceiling_with_decoding'] = dict(fast=img_s, decode_img_s=decoding.img_s)
+            with DecodingAlongside(files, fast, args, cached=True) as rendering: cached_img_s = ceiling(fast, args, steps, warmup, alongside=rendering)
+            results['ceiling_with_decoding'] = dict(fast=img_s, decode_img_s=decoding.img_s, fast_cached=cached_img_s, render_img_s=rendering.img_s)
             results['fastai_loop_syncs'] = fastai_loop_syncs(fast, args, steps, warmup)
             print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
