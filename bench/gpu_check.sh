@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU: the fast-image benchmark with every variant, then the GPU-only tests,
+# in one go (about 5 minutes on an H200). Logs, JSON and the markdown table go to OUT_DIR.
+#   bench/gpu_check.sh [OUT_DIR]        (default bench/results/gpu; PYTHON=... to pick an interpreter)
+set -uo pipefail
+py=${PYTHON:-python3}
+out=${1:-bench/results/gpu}
+mkdir -p "$out"
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU here')" || exit 2
+"$py" bench/bench_fastimage.py --variants --out "$out" 2>&1 | tee "$out/bench.log"
+bench=${PIPESTATUS[0]}
+# --noconftest: the GPU tests need neither the notebook runner nor its session fixtures
+"$py" -m pytest -q --noconftest -p no:cacheprovider tests/test_fastimage.py -k "gpu or cuda" 2>&1 | tee "$out/gpu_tests.log"
+tests=${PIPESTATUS[0]}
+exit $(( bench || tests ))
