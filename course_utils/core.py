@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -151,5 +152,8 @@ def setup_course(verbose: bool = True) -> CourseEnv:
     if not env.gpu:
         defaults.cpus = 0  # fastai's DataLoaders take num_workers from here
         if CPUSpeedup not in defaults.callbacks: defaults.callbacks.append(CPUSpeedup)
+    # pandas 3 hands out read-only arrays, which fastai turns into tensors it never writes to; PyTorch's
+    # warning about that (seen in lesson 8) is nothing a learner can act on
+    warnings.filterwarnings('ignore', message='The given NumPy array is not writable', category=UserWarning)
     if verbose: print(env)
     return env
