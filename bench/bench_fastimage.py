@@ -193,36 +193,36 @@ def fastai_loop_syncs(cfg, args, steps: int, warmup: int) -> dict:
         with learn.no_logging(), learn.no_bar(): learn.fit(1)
     return {where: n / steps for where, n in sorted(sites.items(), key=lambda kv: -kv[1])}
 
-def encoded_batches(files, cfg, args, n_batches: int) -> list:
-    "`n_batches` batches of the first files as the fast loader's workers hand them over (bytes and validation crop plans), for its decoder."
+def encoded_batches(files, cfg, args, n_batches: int, split_idx: int = 1) -> list:
+    "`n_batches` batches of the first files as the fast loader's workers hand them over (bytes, and crop plans drawn as for `split_idx`: 1 validation, 0 training), for its decoder."
     from fastai.vision.all import Resize
     from course_utils.fastimage import EncodedBatch, ReadImage, plan_crop
     bs, read = cfg['bs'], ReadImage()
     images = [read(f) for f in files[:bs * n_batches]]
-    plans = [plan_crop(Resize(args.size), im.size, 1) for im in images]
+    plans = [plan_crop(Resize(args.size), im.size, split_idx) for im in images]
     return [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
 
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
-    "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes, then crops and resizes of images kept in a `DecodedCache` (every epoch after the first)."
+    "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes, then training crops from a `DecodedCache` (every epoch after the first)."
     from course_utils.fastimage import DecodedCache, decode_jpegs
     bs, batches = cfg['bs'], encoded_batches(files, cfg, args, n_batches + 1)
+    train, cache = encoded_batches(files, cfg, args, n_batches + 1, split_idx=0), DecodedCache(2**40)
     batches[0].decode()  # warm-up: decoder state, kernels
-    cache = DecodedCache(2**40)
-    for b in batches[1:]: b.decode(cache)
+    for b in train: b.decode(cache)  # a first epoch, which fills the cache
     res = {}
-    for name, work in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device)),
-                       ('decode_crop_resize', lambda b: b.decode()),
-                       ('crop_resize_from_cache', lambda b: b.decode(cache))):
+    for name, work, todo in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device), batches[1:]),
+                             ('decode_crop_resize', lambda b: b.decode(), batches[1:]),
+                             ('training_crops_from_cache', lambda b: b.decode(cache), train[1:])):
         sync(args.device); t0 = time.perf_counter()
-        for b in batches[1:]: work(b)
-        sync(args.device); res[name] = (len(batches) - 1) * bs / (time.perf_counter() - t0)
+        for b in todo: work(b)
+        sync(args.device); res[name] = len(todo) * bs / (time.perf_counter() - t0)
     return res
 
 class DecodingAlongside:
-    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does (with `cached`: from a `DecodedCache`, crops and resizes only); `img_s`: how fast it went."
+    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does (with `cached`: training crops from a `DecodedCache`, as in every epoch after the first); `img_s`: how fast it went."
     def __init__(self, files, cfg, args, n_batches: int = 8, cached: bool = False):
         from course_utils.fastimage import DecodedCache
-        self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches)
+        self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches, split_idx=0 if cached else 1)
         self.cache = DecodedCache(2**40) if cached else None
         for b in self.batches if cached else []: b.decode(self.cache)
 
@@ -335,12 +335,12 @@ def markdown(res: dict) -> str:
                       f"| fastai with `fast_training` and fused AdamW | | {fl['fast_fused']:.0f} ({ratio(fl['fast_fused'], c['fast']):.0%}) |"]
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |",
-                  f"| one decode thread alone: crop/resize of images kept in the cache | | {dc['crop_resize_from_cache']:.0f} |"]
+                  f"| one decode thread alone: training crops from the cache (every epoch after the first) | | {dc['training_crops_from_cache']:.0f} |"]
     if 'ceiling_with_decoding' in r:
         cd = r['ceiling_with_decoding']
         lines += [f"| raw PyTorch steps while a thread decodes batches on the same GPU | | {cd['fast']:.0f} "
                   f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
-                  f"| raw PyTorch steps while a thread crops and resizes cached images on the same GPU | | {cd['fast_cached']:.0f} "
+                  f"| raw PyTorch steps while a thread makes training crops from the cache on the same GPU | | {cd['fast_cached']:.0f} "
                   f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |",
                   '', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']

@@ -38,10 +38,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 # %% auto #0
 __all__ = ['GPU_READERS', 'JpegInfo', 'jpeg_info', 'EncodedImage', 'ReadImage', 'CropPlan', 'plan_crop', 'crop_pad', 'to_uint8',
-           'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'DecodedCache', 'DecodeImages', 'FastImageDL',
-           'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders', 'torch_adamw', 'SmoothLossOnDevice',
-           'KeepLossOnDevice', 'LazyLossProgress', 'gpu_amp_mode', 'fast_training', 'RefreshBatchNormStats',
-           'skip_zero_padding', 'presize_images']
+           'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'cache_key', 'keep_form', 'from_kept',
+           'DecodedCache', 'DecodeImages', 'FastImageDL', 'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders',
+           'torch_adamw', 'SmoothLossOnDevice', 'KeepLossOnDevice', 'LazyLossProgress', 'gpu_amp_mode', 'fast_training',
+           'RefreshBatchNormStats', 'skip_zero_padding', 'presize_images']
 
 # %% ../nbs/10_fastimage.ipynb #e28f78ad
 @dataclass(frozen=True)
@@ -117,19 +117,20 @@ class ReadImage(Transform):
 # %% ../nbs/10_fastimage.ipynb #97e9b44d
 @dataclass(frozen=True)
 class CropPlan:
-    "Crop (or pad) the box at `tl` of `size` from an image of size `orig`, resize it to `resize_to`, then centre-crop to `final`. Sizes are (width, height)."
+    "Crop (or pad) the box at `tl` of `size` from an image of size `orig`, resize it to `resize_to`, then centre-crop to `final`. Sizes are (width, height). `keep`: what a `DecodedCache` keeps (see there)."
     orig: tuple
     tl: tuple = (0, 0)
     size: tuple | None = None
     resize_to: tuple | None = None
     final: tuple | None = None
     pad_mode: str = PadMode.Zeros
+    keep: str = 'whole'
 
     def scaled(self, w: int, h: int) -> CropPlan:
         "The same plan for the image decoded at size (w, h), e.g. shrunk by PIL's draft mode."
         sx, sy = w / self.orig[0], h / self.orig[1]
         box = (round(self.tl[0] * sx), round(self.tl[1] * sy), round(self.size[0] * sx), round(self.size[1] * sy))
-        return CropPlan((w, h), box[:2], box[2:], self.resize_to, self.final, self.pad_mode)
+        return CropPlan((w, h), box[:2], box[2:], self.resize_to, self.final, self.pad_mode, self.keep)
 
 class _Sized:
     "Stands in for an image when fastai's transforms only ask for its `.size`."
@@ -138,20 +139,23 @@ class _Sized:
 def plan_crop(tfm, size, split_idx) -> CropPlan:
     "The `CropPlan` for an image of `size` under item transform `tfm` (a `Resize`, a `RandomResizedCrop`, or None)."
     w, h = size
-    if tfm is None: return CropPlan((w, h), size=(w, h))
+    fixed = 'final' if split_idx else 'whole'  # validation draws nothing at random: the output itself can be kept
+    if tfm is None: return CropPlan((w, h), size=(w, h), keep='final')
     if isinstance(tfm, RandomResizedCrop):
         tfm.before_call(_Sized((w, h)), split_idx)
         final = tuple(tfm.size) if tuple(tfm.final_size) != tuple(tfm.size) else None
-        return CropPlan((w, h), tuple(tfm.tl), tuple(tfm.cp_size), tuple(tfm.final_size), final)
+        return CropPlan((w, h), tuple(tfm.tl), tuple(tfm.cp_size), tuple(tfm.final_size), final, keep=fixed)
     if isinstance(tfm, Resize):
         tfm.before_call(None, split_idx)
         sw, sh = tfm.size
-        if tfm.method == ResizeMethod.Squish: return CropPlan((w, h), size=(w, h), resize_to=(sw, sh), pad_mode=tfm.pad_mode)
+        if tfm.method == ResizeMethod.Squish: return CropPlan((w, h), size=(w, h), resize_to=(sw, sh), pad_mode=tfm.pad_mode, keep='final')
         fits = operator.gt if tfm.method == ResizeMethod.Pad else operator.lt  # pad: the whole image fits in the box
         m = w / sw if fits(w / sw, h / sh) else h / sh
         cp = (int(m * sw), int(m * sh))
         tl = (int(tfm.pcts[0] * (w - cp[0])), int(tfm.pcts[1] * (h - cp[1])))
-        return CropPlan((w, h), tl, cp, (sw, sh), pad_mode=tfm.pad_mode)
+        # a training crop only moves: the whole image at the box's scale serves every draw, when that is no larger than the image
+        moves = tfm.method == ResizeMethod.Crop and m >= 1
+        return CropPlan((w, h), tl, cp, (sw, sh), pad_mode=tfm.pad_mode, keep=fixed if split_idx or not moves else 'scaled')
     raise TypeError(f"No crop plan for {tfm!r}: only Resize and RandomResizedCrop are supported")
 
 # %% ../nbs/10_fastimage.ipynb #63c47092
@@ -236,13 +240,17 @@ class EncodedBatch:
         "Decode, crop and resize every image on `self.device`, taking from `cache` what it holds and offering it the rest; a file no decoder can read becomes black, with a warning."
         device = _full_device(self.device)
         todo = [i for i, s in enumerate(self.slots) if isinstance(s, tuple)]
-        decoded = {i: img for i in todo if cache is not None and (img := cache.get(self.keys[i], device)) is not None}
-        fresh = [i for i in todo if i not in decoded]
-        decoded.update(zip(fresh, decode_jpegs([self.blob[slice(*self.slots[i])] for i in fresh], device)))
-        if cache is not None and fresh: cache.add({self.keys[i]: decoded[i] for i in fresh if decoded[i] is not None})
+        keys = {i: k for i in todo if cache is not None and (k := cache_key(self.keys[i], self.plans[i])) is not None}
+        kept = {i: img for i, k in keys.items() if (img := cache.get(k, device)) is not None}
+        fresh = [i for i in todo if i not in kept]
+        decoded = dict(zip(fresh, decode_jpegs([self.blob[slice(*self.slots[i])] for i in fresh], device)))
+        new = {i: keep_form(img, self.plans[i]) for i, img in decoded.items() if img is not None and i in keys}
+        if new: cache.add({keys[i]: img for i, img in new.items()})
+        kept.update(new)
         out = []
         for i, (slot, plan) in enumerate(zip(self.slots, self.plans)):
             if not isinstance(slot, tuple): out.append(slot.to(device)); continue
+            if i in kept: out.append(from_kept(kept[i], plan)); continue
             img = decoded[i]
             if img is None: img = self._decode_on_cpu(i).to(device)
             out.append(render(img, plan, keep_float=True))
@@ -268,8 +276,36 @@ def _stack(images: list[torch.Tensor], names) -> TensorImage:
     return TensorImage(torch.stack(images))
 
 # %% ../nbs/10_fastimage.ipynb #d3c0a002
+def cache_key(key, plan: CropPlan):
+    "The key under which a `DecodedCache` keeps the image with file key `key` for `plan` (None: not kept)."
+    if key is None: return None
+    if plan.keep == 'final': return key, plan  # the same plan every time: the output itself
+    if plan.keep == 'scaled': return key, 'scaled', plan.resize_to  # the file and the output size fix the scale
+    return key, 'whole'
+
+def _scaled_size(plan: CropPlan) -> tuple:
+    "The size of the whole image at the scale at which `plan` resizes its box."
+    (w, h), (cw, ch), (sw, sh) = plan.orig, plan.size, plan.resize_to
+    return max(sw, round(w * sw / cw)), max(sh, round(h * sh / ch))
+
+def keep_form(img: torch.Tensor, plan: CropPlan) -> torch.Tensor:
+    "What a `DecodedCache` keeps of `img` (decoded at `plan.orig`) for `plan`: the uint8 output, the uint8 whole image at the output's scale, or `img`."
+    if plan.keep == 'final': return to_uint8(render(img, plan, keep_float=True))
+    if plan.keep == 'scaled': return to_uint8(_resize(img, _scaled_size(plan)))
+    return img
+
+def from_kept(kept: torch.Tensor, plan: CropPlan) -> torch.Tensor:
+    "The image for `plan` made from what `keep_form` kept: as it is, a slice at the box's position, or rendered."
+    if plan.keep == 'final': return kept
+    if plan.keep == 'scaled':
+        (w, h), (sw, sh), (kw, kh) = plan.orig, plan.resize_to, (kept.shape[2], kept.shape[1])
+        l = min(max(round(plan.tl[0] * kw / w), 0), kw - sw)
+        t = min(max(round(plan.tl[1] * kh / h), 0), kh - sh)
+        return kept[:, t:t + sh, l:l + sw]
+    return render(kept, plan, keep_float=True)
+
 class DecodedCache:
-    "Decoded images kept on the device that decoded them, up to `max_bytes` in all, so that later epochs skip decoding."
+    "Decoded images kept on the device that decoded them (in the form `keep_form` gives), up to `max_bytes` in all, so that later epochs skip decoding."
     def __init__(self, max_bytes: float):
         self.max_bytes, self.lock = int(max_bytes), threading.Lock()
         self.clear()

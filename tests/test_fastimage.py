@@ -91,9 +91,10 @@ def test_gpu_batches_match_stock(pets, method):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_gpu_cache_serves_later_epochs(pets):
-    "With `cache_gb`, a second pass decodes nothing and gives the same batches; training batches still come out whole."
-    fast = loaders(pets, True, RandomResizedCrop(64), device='cuda', cache_gb=1)
+@pytest.mark.parametrize('sizer', [RandomResizedCrop(64), Resize(64)], ids=['random-resized-crop', 'resize'])
+def test_gpu_cache_serves_later_epochs(pets, sizer):
+    "With `cache_gb`, a second pass decodes nothing and gives the same batches; training batches (whole images, or scaled ones that crops are sliced from) come out whole."
+    fast = loaders(pets, True, sizer, device='cuda', cache_gb=1)
     cache = fast.valid.decoder.cache
     cache.clear()
     first, second = all_valid(fast), all_valid(fast)
