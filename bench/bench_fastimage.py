@@ -94,8 +94,8 @@ def apply_settings(learn, cfg, args):
     from functools import partial
     from course_utils.fastimage import RefreshBatchNormStats, fast_training, torch_adamw
     if cfg['training'] == 'fast': fast_training(learn, precision=cfg['precision'])
-    if cfg.get('fused'): learn.opt_func = partial(torch_adamw, fused=True)  # one kernel for the whole update instead of several per group
     elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
+    if cfg.get('fused'): learn.opt_func = partial(torch_adamw, fused=True)  # one kernel for the whole update instead of several per group
     if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     return learn
 
