@@ -244,6 +244,14 @@ class DecodingAlongside:
         self.stop.set(); self.thread.join()
         self.img_s = self.n / (time.perf_counter() - self.t0)
 
+def ceilings_with_decoding(files, cfg, args, steps: int, warmup: int) -> dict:
+    "The raw loop while a thread decodes batches on the same GPU, then while it makes training crops from a cache (images/s of each)."
+    res = {}
+    for key, thread_key, cached in (('fast', 'decode_img_s', False), ('fast_cached', 'render_img_s', True)):
+        with DecodingAlongside(files, cfg, args, cached=cached) as thread: res[key] = ceiling(cfg, args, steps, warmup, alongside=thread)
+        res[thread_key] = thread.img_s
+    return res
+
 def ceiling(cfg, args, steps: int, warmup: int, alongside=None) -> float:
     "Raw PyTorch training steps on batches already on the device: the same model, batch size and precision; `alongside`: a context to run them in."
     import torch
@@ -336,19 +344,22 @@ def markdown(res: dict) -> str:
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |",
                   f"| one decode thread alone: training crops from the cache (every epoch after the first) | | {dc['training_crops_from_cache']:.0f} |"]
-    if 'ceiling_with_decoding' in r:
+    if r.get('ceiling_with_decoding'):
         cd = r['ceiling_with_decoding']
         lines += [f"| raw PyTorch steps while a thread decodes batches on the same GPU | | {cd['fast']:.0f} "
                   f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
                   f"| raw PyTorch steps while a thread makes training crops from the cache on the same GPU | | {cd['fast_cached']:.0f} "
-                  f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |",
-                  '', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
+                  f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |"]
+    if r.get('fastai_loop_syncs') is not None:
+        lines += ['', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
     if 'host_ms_per_step' in r:
         h, b = r['host_ms_per_step'], m['fast']['bs']
         lines += ['', f"Time Python takes to queue one training step (bs 2 at 64 px, too little work to keep the GPU busy): "
                       f"raw PyTorch {h['raw']:.1f} ms, fastai with `fast_training` {h['fastai_fast']:.1f} ms. A raw step at the fast "
                       f"settings (bs {b}) takes {b / c['fast'] * 1e3:.1f} ms: where the two are close, the loop is bound by Python, not by the GPU."]
+    if res.get('errors'):
+        lines += ['', 'Variants that failed on this machine (nan or missing above):', ''] + [f"- {k}: {v}" for k, v in res['errors'].items()]
     lines += ['', f"Total run time {m['total_s']:.0f} s (image generation {m['generate_s']:.0f} s)."]
     return '\n'.join(lines) + '\n'
 
@@ -398,29 +409,35 @@ def main(argv=None):
     print(f"{len(files)} images in {folder} ({generate_s:.0f} s)", flush=True)
 
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    def save(): (out / 'bench_fastimage.partial.json').write_text(json.dumps(results, indent=2))  # kept if a run is cut short
+    results, errors = {}, {}
+    def save(): (out / 'bench_fastimage.partial.json').write_text(json.dumps(dict(results, errors=errors), indent=2))  # kept if a run is cut short
+    def variant(name, measure, failed=float('nan')):
+        "`measure()`, or `failed` with the error kept: a variant that fails on some machine must not end the run."
+        try: return measure()
+        except Exception as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+            print(f"{name} failed: {errors[name]}", flush=True)
+            return failed
     steps, warmup = (50, 5) if gpu else (3, 1)
     results['ceiling'] = {k: ceiling(c, args, steps, warmup) for k, c in (('stock', stock), ('fast', fast))}
-    if args.variants and gpu: results['ceiling']['fast_bs256'] = ceiling({**fast, 'bs': 256}, args, steps, warmup)
+    if args.variants and gpu: results['ceiling']['fast_bs256'] = variant('ceiling at bs 256', lambda: ceiling({**fast, 'bs': 256}, args, steps, warmup))
     print('ceiling', results['ceiling'], flush=True); save()
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
         results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
                                   'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
         if gpu:  # a larger batch; the optimizer in one kernel; and, on a batch too small to keep the GPU busy, how long Python takes to queue one step
-            results['fastai_loop'].update(fast_bs256=fastai_loop({**fast, 'bs': 256}, args, steps, warmup),
-                                          fast_fused=fastai_loop({**fast, 'fused': True}, args, steps, warmup))
-            results['ceiling']['fast_fused'] = ceiling({**fast, 'fused': True}, args, steps, warmup)
+            results['fastai_loop'].update(fast_bs256=variant('fastai loop at bs 256', lambda: fastai_loop({**fast, 'bs': 256}, args, steps, warmup)),
+                                          fast_fused=variant('fastai loop, fused AdamW', lambda: fastai_loop({**fast, 'fused': True}, args, steps, warmup)))
+            results['ceiling']['fast_fused'] = variant('raw loop, fused AdamW', lambda: ceiling({**fast, 'fused': True}, args, steps, warmup))
             tiny = {**fast, 'bs': 2, 'size': 64}
-            results['host_ms_per_step'] = {'raw': 2e3 / ceiling(tiny, args, steps, warmup), 'fastai_fast': 2e3 / fastai_loop(tiny, args, steps, warmup)}
+            results['host_ms_per_step'] = {'raw': 2e3 / variant('raw loop, tiny batch', lambda: ceiling(tiny, args, steps, warmup)),
+                                           'fastai_fast': 2e3 / variant('fastai loop, tiny batch', lambda: fastai_loop(tiny, args, steps, warmup))}
         print('fastai_loop', results['fastai_loop'], flush=True)
         results['decode_capacity'] = decode_capacity(files, fast, args)
         print('decode_capacity', results['decode_capacity'], flush=True); save()
         if gpu:  # what decoding on the same GPU costs the model, and where fastai's loop waits for the GPU
-            with DecodingAlongside(files, fast, args) as decoding: img_s = ceiling(fast, args, steps, warmup, alongside=decoding)
-            with DecodingAlongside(files, fast, args, cached=True) as rendering: cached_img_s = ceiling(fast, args, steps, warmup, alongside=rendering)
-            results['ceiling_with_decoding'] = dict(fast=img_s, decode_img_s=decoding.img_s, fast_cached=cached_img_s, render_img_s=rendering.img_s)
-            results['fastai_loop_syncs'] = fastai_loop_syncs(fast, args, steps, warmup)
+            results['ceiling_with_decoding'] = variant('raw loop with decoding alongside', lambda: ceilings_with_decoding(files, fast, args, steps, warmup), None)
+            results['fastai_loop_syncs'] = variant('sync audit', lambda: fastai_loop_syncs(fast, args, steps, warmup), None)
             print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
@@ -429,10 +446,11 @@ def main(argv=None):
         if fast['dl_kwargs']['cache_gb']: runs += [(f'fast_no_cache_w{worker_counts[-1]}', {**fast, 'dl_kwargs': {}}, worker_counts[-1])]
         if gpu:  # fewer, larger steps: BatchNorm's running statistics need refreshing (see RefreshBatchNormStats)
             runs += [(f'fast_bs256_w{worker_counts[-1]}', {**fast, 'bs': 256, 'refresh_bn': True}, worker_counts[-1])]
-    for key, cfg, w in runs:
-        data = data_only(files[:args.data_images], folder, cfg, args, w)
-        results[key] = dict(data_img_s=data, **fine_tune(files, folder, cfg, args, w))
-        print(key, results[key], flush=True); save()
+    def run(cfg, w): return dict(data_img_s=data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
+    for i, (key, cfg, w) in enumerate(runs):
+        result = run(cfg, w) if i < 2 * len(worker_counts) else variant(key, lambda: run(cfg, w), None)  # stock and fast first, as they are
+        if result is not None: results[key] = result
+        print(key, result, flush=True); save()
         gc.collect()  # a learner is a web of references: free its GPU memory (and decoded-image cache) before the next run
 
     meta = dict(n_images=len(files), mean_kb=float(np.mean([f.stat().st_size for f in files])) / 1024,
@@ -441,7 +459,7 @@ def main(argv=None):
                 cpus=cpus, worker_counts=worker_counts, stock=stock, fast=fast, torch=torch.__version__,
                 torchvision=torchvision.__version__, fastai=fastai.__version__, generate_s=generate_s,
                 total_s=time.perf_counter() - t_start)
-    res = dict(meta=meta, results=results)
+    res = dict(meta=meta, results=results, errors=errors)
     (out / 'bench_fastimage.json').write_text(json.dumps(res, indent=2))
     md = markdown(res)
     (out / 'bench_fastimage.md').write_text(md)
