@@ -219,24 +219,28 @@ def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     return res
 
 class DecodingAlongside:
-    "While active, a thread keeps decoding batches on its own CUDA stream as the fast loader does (with `cached`: training crops from a `DecodedCache`, as in every epoch after the first); `img_s`: how fast it went."
-    def __init__(self, files, cfg, args, n_batches: int = 8, cached: bool = False):
+    "While active, a thread makes batches on its own CUDA stream as the fast loader does (with `cached`: training crops from a `DecodedCache`, as in every epoch after the first), at most `ahead` batches ahead of the steps that `taken()` reports, as the loader's queue keeps it; `img_s`: how fast it went."
+    def __init__(self, files, cfg, args, n_batches: int = 8, cached: bool = False, ahead: int = 2):
         from course_utils.fastimage import DecodedCache
         self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches, split_idx=0 if cached else 1)
-        self.cache = DecodedCache(2**40) if cached else None
+        self.cache, self.ahead = DecodedCache(2**40) if cached else None, ahead
         for b in self.batches if cached else []: b.decode(self.cache)
 
+    def taken(self): self.room.release()  # a training step used a batch: make another
+
     def _work(self):
-        import contextlib, torch
-        cuda = self.device.type == 'cuda'
-        with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else contextlib.nullcontext():
-            while not self.stop.is_set():
-                for b in self.batches: b.decode(self.cache); self.n += len(b)
-                if cuda: torch.cuda.current_stream().synchronize()  # a bounded backlog, as the loader's queue keeps it
+        import contextlib, itertools, torch
+        with torch.cuda.stream(torch.cuda.Stream(self.device)) if self.device.type == 'cuda' else contextlib.nullcontext():
+            for b in itertools.cycle(self.batches):
+                while not self.room.acquire(timeout=0.1):
+                    if self.stop.is_set(): return
+                if self.stop.is_set(): return
+                b.decode(self.cache); self.n += len(b)
 
     def __enter__(self):
         import threading
-        self.stop, self.n, self.thread = threading.Event(), 0, threading.Thread(target=self._work, daemon=True)
+        self.stop, self.room, self.n = threading.Event(), threading.Semaphore(self.ahead), 0
+        self.thread = threading.Thread(target=self._work, daemon=True)
         self.t0 = time.perf_counter(); self.thread.start()
         return self
 
@@ -245,7 +249,7 @@ class DecodingAlongside:
         self.img_s = self.n / (time.perf_counter() - self.t0)
 
 def ceilings_with_decoding(files, cfg, args, steps: int, warmup: int) -> dict:
-    "The raw loop while a thread decodes batches on the same GPU, then while it makes training crops from a cache (images/s of each)."
+    "The raw loop while a thread decodes a batch for each of its steps on the same GPU, then while it makes training crops from a cache (images/s of each)."
     res = {}
     for key, thread_key, cached in (('fast', 'decode_img_s', False), ('fast_cached', 'render_img_s', True)):
         with DecodingAlongside(files, cfg, args, cached=cached) as thread: res[key] = ceiling(cfg, args, steps, warmup, alongside=thread)
@@ -275,7 +279,9 @@ def ceiling(cfg, args, steps: int, warmup: int, alongside=None) -> float:
     import contextlib
     with alongside if alongside is not None else contextlib.nullcontext():
         sync(args.device); t0 = time.perf_counter()
-        for _ in range(steps): step()
+        for _ in range(steps):
+            step()
+            if alongside is not None: alongside.taken()
         sync(args.device)
         return steps * cfg['bs'] / (time.perf_counter() - t0)
 
