@@ -79,15 +79,18 @@ def make_dls(files, folder, cfg, args, workers):
     return cls.from_name_func(folder, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(args.size),
                               bs=cfg['bs'], num_workers=cfg.get('num_workers', nw), device=args.device, **cfg.get('dl_kwargs', {}))
 
-def data_only(files, folder, cfg, args, workers) -> float:
-    "Images per second out of the training loader (batches ready on the device), one pass, workers' start included."
+def data_only(files, folder, cfg, args, workers) -> dict:
+    "Images per second out of the training loader (batches ready on the device), one pass, workers' start included; with a decoded-image cache, a second pass too (every epoch after the first)."
     dls = make_dls(files, folder, cfg, args, workers)
     cfg.setdefault('workers_used', {})[str(workers)] = dls.train.fake_l.num_workers
-    n, t0 = 0, time.perf_counter()
-    for xb, yb in dls.train:
-        n += len(yb)
-    sync(args.device)
-    return n / (time.perf_counter() - t0)
+    def one_pass():
+        n, t0 = 0, time.perf_counter()
+        for xb, yb in dls.train: n += len(yb)
+        sync(args.device)
+        return n / (time.perf_counter() - t0)
+    res = dict(data_img_s=one_pass())
+    if getattr(dls.train.decoder, 'cache', None) is not None: res['data_img_s_cached'] = one_pass()
+    return res
 
 def apply_settings(learn, cfg, args):
     "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training` (with PyTorch's fused AdamW if asked); and BatchNorm statistics refreshed if asked."
@@ -305,6 +308,8 @@ def markdown(res: dict) -> str:
     for w in m['worker_counts']:
         s, f = r[f'stock_w{w}'], r[f'fast_w{w}']
         lines.append(f"| data only, images/s | {wl(w)} | {s['data_img_s']:.0f} | {f['data_img_s']:.0f} | {ratio(f['data_img_s'], s['data_img_s']):.2f}x | |")
+        if 'data_img_s_cached' in f:
+            lines.append(f"| data only, second pass (from the cache), images/s | {wl(w)} | | {f['data_img_s_cached']:.0f} | | |")
     for w in m['worker_counts']:
         s, f = r[f'stock_w{w}'], r[f'fast_w{w}']
         goal = '>= 5x' if w == 2 else '>= 2.5x'
@@ -356,6 +361,9 @@ def markdown(res: dict) -> str:
                   f"({ratio(cd['fast'], c['fast']):.0%}; the thread decoded {cd['decode_img_s']:.0f} images/s) |",
                   f"| raw PyTorch steps while a thread makes training crops from the cache on the same GPU | | {cd['fast_cached']:.0f} "
                   f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |"]
+    if r.get('data_only_readers'):
+        lines += ['', '| fast loader alone, file-reading workers | first pass (decoding) images/s | second pass (from the cache) images/s |', '|---|---|---|']
+        lines += [f"| {n} | {v['data_img_s']:.0f} | {v.get('data_img_s_cached', float('nan')):.0f} |" for n, v in r['data_only_readers'].items() if v]
     if r.get('fastai_loop_syncs') is not None:
         lines += ['', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
@@ -445,6 +453,10 @@ def main(argv=None):
             results['ceiling_with_decoding'] = variant('raw loop with decoding alongside', lambda: ceilings_with_decoding(files, fast, args, steps, warmup), None)
             results['fastai_loop_syncs'] = variant('sync audit', lambda: fastai_loop_syncs(fast, args, steps, warmup), None)
             print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
+    if args.variants and fast['dl_kwargs']['cache_gb']:  # can the file readers keep up once every image comes from the cache?
+        results['data_only_readers'] = {n: variant(f'data only, {n} readers', lambda: data_only(files[:args.data_images], folder, {**fast, 'num_workers': n}, args, n), None)
+                                        for n in (2, 4, 8)}
+        print('data_only_readers', results['data_only_readers'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
         runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
@@ -452,7 +464,7 @@ def main(argv=None):
         if fast['dl_kwargs']['cache_gb']: runs += [(f'fast_no_cache_w{worker_counts[-1]}', {**fast, 'dl_kwargs': {}}, worker_counts[-1])]
         if gpu:  # fewer, larger steps: BatchNorm's running statistics need refreshing (see RefreshBatchNormStats)
             runs += [(f'fast_bs256_w{worker_counts[-1]}', {**fast, 'bs': 256, 'refresh_bn': True}, worker_counts[-1])]
-    def run(cfg, w): return dict(data_img_s=data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
+    def run(cfg, w): return dict(**data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
     for i, (key, cfg, w) in enumerate(runs):
         result = run(cfg, w) if i < 2 * len(worker_counts) else variant(key, lambda: run(cfg, w), None)  # stock and fast first, as they are
         if result is not None: results[key] = result
