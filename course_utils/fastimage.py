@@ -342,8 +342,8 @@ class DecodedCache:
 
     def __len__(self): return len(self.images)
     def __repr__(self):
-        return (f"{type(self).__name__}({len(self)} images, {self.nbytes / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB, "
-                f"{self.hits} hits, {self.misses} misses)")
+        size = f"{self.nbytes / 2**30:.2f} GiB" if self.nbytes >= 2**27 else f"{self.nbytes / 2**20:.1f} MiB"
+        return f"{type(self).__name__}({len(self)} images, {size} of {self.max_bytes / 2**30:g} GiB, {self.hits} hits, {self.misses} misses)"
     def __getstate__(self): return {'max_bytes': self.max_bytes}  # an exported learner carries the budget, not the pixels
     def __setstate__(self, state): self.__init__(state['max_bytes'])
 
