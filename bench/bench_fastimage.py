@@ -79,6 +79,10 @@ def make_dls(files, folder, cfg, args, workers):
     return cls.from_name_func(folder, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(args.size),
                               bs=cfg['bs'], num_workers=cfg.get('num_workers', nw), device=args.device, **cfg.get('dl_kwargs', {}))
 
+def decoded_cache(dl):
+    "The decoded-image cache of a fast loader; None for a stock loader or a fast one without a cache."
+    return getattr(getattr(dl, 'decoder', None), 'cache', None)
+
 def data_only(files, folder, cfg, args, workers) -> dict:
     "Images per second out of the training loader (batches ready on the device), one pass, workers' start included; with a decoded-image cache, a second pass too (every epoch after the first)."
     dls = make_dls(files, folder, cfg, args, workers)
@@ -89,7 +93,7 @@ def data_only(files, folder, cfg, args, workers) -> dict:
         sync(args.device)
         return n / (time.perf_counter() - t0)
     res = dict(data_img_s=one_pass())
-    if getattr(dls.train.decoder, 'cache', None) is not None: res['data_img_s_cached'] = one_pass()
+    if decoded_cache(dls.train) is not None: res['data_img_s_cached'] = one_pass()
     return res
 
 def apply_settings(learn, cfg, args):
@@ -127,7 +131,7 @@ def fine_tune(files, folder, cfg, args, workers) -> dict:
         learn.fine_tune(1)
         sync(args.device); seconds = time.perf_counter() - t0
         checks = error_checks(learn)
-    cache = getattr(getattr(dls.train, 'decoder', None), 'cache', None)
+    cache = decoded_cache(dls.train)
     kept = dict(cache_hits=cache.hits, cache_misses=cache.misses, cache_gib=cache.nbytes / 2**30) if cache is not None else {}
     return dict(seconds=seconds, train_img_s_unfrozen=speed.speeds[-1], train_img_s_unfrozen_steady=speed.steady[-1],
                 error_rate=float(learn.recorder.values[-1][-1]), **checks, **kept)

@@ -1,10 +1,11 @@
-"""The fast-image benchmark's learner settings, checked without a GPU.
+"""The fast-image benchmark, checked without a GPU: its learner settings, and a small CPU run.
 
 `bench/bench_fastimage.py` only measures on a GPU what these settings do, so a slip in them (the
 wrong precision, the optimizer left at fastai's, the BatchNorm refresh missing) would spoil a GPU
-run that CI never makes. A learner whose loaders merely claim to be on a GPU is enough: nothing moves to the
-device before training starts.
+run that CI never makes. A learner whose loaders merely claim to be on a GPU is enough: nothing
+moves to the device before training starts.
 """
+import json
 import sys
 import types
 from pathlib import Path
@@ -51,3 +52,15 @@ def test_each_configuration_gets_one_precision_and_its_optimizer(on_pretend_gpu,
     assert kind == opt
     assert (learn.opt_func is torch_adamw) == (opt == 'adamw')
     assert any(isinstance(cb, RefreshBatchNormStats) for cb in learn.cbs) == bool(cfg.get('refresh_bn'))
+
+
+def test_quick_cpu_run_writes_its_report(tmp_path):
+    "The benchmark's CPU smoke run (`--quick --variants`) goes through stock and fast and writes the JSON and the table it promises."
+    from bench_fastimage import main
+    main(['--quick', '--variants', '--out', str(tmp_path), '--cache', str(tmp_path)])
+    res = json.loads((tmp_path / 'bench_fastimage.json').read_text())
+    assert res['errors'] == {}
+    assert {'stock_w2', 'fast_w2', 'fastai_loop', 'decode_capacity'} <= set(res['results'])
+    assert all(res['results'][k]['data_img_s'] > 0 for k in ('stock_w2', 'fast_w2'))
+    table = (tmp_path / 'bench_fastimage.md').read_text()
+    assert '| data only, images/s | 2 |' in table and '| fine_tune(1), seconds | 2 |' in table
