@@ -209,13 +209,19 @@ def encoded_batches(files, cfg, args, n_batches: int, split_idx: int = 1) -> lis
     plans = [plan_crop(Resize(args.size), im.size, split_idx) for im in images]
     return [EncodedBatch(images[i:i + bs], plans[i:i + bs], args.device) for i in range(0, len(images) - bs + 1, bs)]
 
+def cached_training_batches(files, cfg, args, n_batches: int) -> tuple:
+    "Training batches (random crops) and a `DecodedCache` that a first pass over them has filled, as every epoch after the first finds it."
+    from course_utils.fastimage import DecodedCache
+    batches, cache = encoded_batches(files, cfg, args, n_batches, split_idx=0), DecodedCache(2**40)
+    for b in batches: b.decode(cache)
+    return batches, cache
+
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes, then training crops from a `DecodedCache` (every epoch after the first)."
-    from course_utils.fastimage import DecodedCache, decode_jpegs
+    from course_utils.fastimage import decode_jpegs
     bs, batches = cfg['bs'], encoded_batches(files, cfg, args, n_batches + 1)
-    train, cache = encoded_batches(files, cfg, args, n_batches + 1, split_idx=0), DecodedCache(2**40)
+    train, cache = cached_training_batches(files, cfg, args, n_batches + 1)
     batches[0].decode()  # warm-up: decoder state, kernels
-    for b in train: b.decode(cache)  # a first epoch, which fills the cache
     res = {}
     for name, work, todo in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device), batches[1:]),
                              ('decode_crop_resize', lambda b: b.decode(), batches[1:]),
@@ -228,10 +234,8 @@ def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
 class DecodingAlongside:
     "While active, a thread makes batches on its own CUDA stream as the fast loader does (with `cached`: training crops from a `DecodedCache`, as in every epoch after the first), at most `ahead` batches ahead of the steps that `taken()` reports, as the loader's queue keeps it; `img_s`: how fast it went."
     def __init__(self, files, cfg, args, n_batches: int = 8, cached: bool = False, ahead: int = 2):
-        from course_utils.fastimage import DecodedCache
-        self.device, self.batches = args.device, encoded_batches(files, cfg, args, n_batches, split_idx=0 if cached else 1)
-        self.cache, self.ahead = DecodedCache(2**40) if cached else None, ahead
-        for b in self.batches if cached else []: b.decode(self.cache)
+        self.device, self.ahead = args.device, ahead
+        self.batches, self.cache = cached_training_batches(files, cfg, args, n_batches) if cached else (encoded_batches(files, cfg, args, n_batches), None)
 
     def taken(self): self.room.release()  # a training step used a batch: make another
 
@@ -367,7 +371,8 @@ def markdown(res: dict) -> str:
                   f"({ratio(cd['fast_cached'], c['fast']):.0%}; the thread made {cd['render_img_s']:.0f} images/s) |"]
     if r.get('data_only_readers'):
         lines += ['', '| fast loader alone, file-reading workers | first pass (decoding) images/s | second pass (from the cache) images/s |', '|---|---|---|']
-        lines += [f"| {n} | {v['data_img_s']:.0f} | {v.get('data_img_s_cached', float('nan')):.0f} |" for n, v in r['data_only_readers'].items() if v]
+        readers = {2: r.get('fast_w2'), **r['data_only_readers']}
+        lines += [f"| {n} | {v['data_img_s']:.0f} | {v.get('data_img_s_cached', float('nan')):.0f} |" for n, v in readers.items() if v]
     if r.get('fastai_loop_syncs') is not None:
         lines += ['', "Where fastai's loop makes Python wait for the GPU (fast settings, per training step):", '']
         lines += [f"- {n:.2f} x {where}" for where, n in r['fastai_loop_syncs'].items()] or ['- nowhere']
@@ -459,18 +464,19 @@ def main(argv=None):
             print('ceiling_with_decoding', results['ceiling_with_decoding'], 'syncs', results['fastai_loop_syncs'], flush=True); save()
     if args.variants and fast['dl_kwargs']['cache_gb']:  # can the file readers keep up once every image comes from the cache?
         results['data_only_readers'] = {n: variant(f'data only, {n} readers', lambda: data_only(files[:args.data_images], folder, {**fast, 'num_workers': n}, args, n), None)
-                                        for n in (2, 4, 8)}
+                                        for n in (4, 8)}  # 2 readers: the fast run's own data-only pass
         print('data_only_readers', results['data_only_readers'], flush=True); save()
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
+    variant_runs, w_last = [], worker_counts[-1]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
-        runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
-        runs += [(f'stock_at_fast_settings_w{worker_counts[-1]}', {**fast, 'fast': False, 'dl_kwargs': {}}, worker_counts[-1])]
-        if fast['dl_kwargs']['cache_gb']: runs += [(f'fast_no_cache_w{worker_counts[-1]}', {**fast, 'dl_kwargs': {}}, worker_counts[-1])]
+        variant_runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
+        variant_runs += [(f'stock_at_fast_settings_w{w_last}', {**fast, 'fast': False, 'dl_kwargs': {}}, w_last)]
+        if fast['dl_kwargs']['cache_gb']: variant_runs += [(f'fast_no_cache_w{w_last}', {**fast, 'dl_kwargs': {}}, w_last)]
         if gpu:  # fewer, larger steps: BatchNorm's running statistics need refreshing (see RefreshBatchNormStats)
-            runs += [(f'fast_bs256_w{worker_counts[-1]}', {**fast, 'bs': 256, 'refresh_bn': True}, worker_counts[-1])]
+            variant_runs += [(f'fast_bs256_w{w_last}', {**fast, 'bs': 256, 'refresh_bn': True}, w_last)]
     def run(cfg, w): return dict(**data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
-    for i, (key, cfg, w) in enumerate(runs):
-        result = run(cfg, w) if i < 2 * len(worker_counts) else variant(key, lambda: run(cfg, w), None)  # stock and fast first, as they are
+    for key, cfg, w, required in [(*r, True) for r in runs] + [(*r, False) for r in variant_runs]:
+        result = run(cfg, w) if required else variant(key, lambda: run(cfg, w), None)
         if result is not None: results[key] = result
         print(key, result, flush=True); save()
         gc.collect()  # a learner is a web of references: free its GPU memory (and decoded-image cache) before the next run

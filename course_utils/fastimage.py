@@ -154,8 +154,8 @@ def plan_crop(tfm, size, split_idx) -> CropPlan:
         cp = (int(m * sw), int(m * sh))
         tl = (int(tfm.pcts[0] * (w - cp[0])), int(tfm.pcts[1] * (h - cp[1])))
         # a training crop only moves: the whole image at the box's scale serves every draw, when that is no larger than the image
-        moves = tfm.method == ResizeMethod.Crop and m >= 1
-        return CropPlan((w, h), tl, cp, (sw, sh), pad_mode=tfm.pad_mode, keep=fixed if split_idx or not moves else 'scaled')
+        only_moves = not split_idx and tfm.method == ResizeMethod.Crop and m >= 1
+        return CropPlan((w, h), tl, cp, (sw, sh), pad_mode=tfm.pad_mode, keep='scaled' if only_moves else fixed)
     raise TypeError(f"No crop plan for {tfm!r}: only Resize and RandomResizedCrop are supported")
 
 # %% ../nbs/10_fastimage.ipynb #63c47092
