@@ -100,7 +100,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)  # one core: less noise from the other jobs on a shared machine
-    torch.manual_seed(0)
     warmup = 10
     def measure(x, y, steps, make_model):
         "Each loop `args.repeats` times, interleaved: the times and their medians."
