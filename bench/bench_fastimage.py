@@ -111,7 +111,7 @@ def fine_tune(files, folder, cfg, args, workers) -> dict:
     from fastai.vision.all import Callback, error_rate, set_seed, vision_learner
     class TrainSpeed(Callback):
         "Training images/s per epoch: over the whole epoch, and from the end of its first batch (workers started, shapes tuned)."
-        order = 100
+        order = -10  # its after_train before RefreshBatchNormStats's, whose forward passes are no training steps
         def before_fit(self): self.speeds, self.steady = getattr(self, 'speeds', []), getattr(self, 'steady', [])
         def before_train(self): sync(args.device); self.n, self.t0, self.first = 0, time.perf_counter(), None
         def after_batch(self):
@@ -176,6 +176,7 @@ def _loop_learner(cfg, args, steps: int, warmup: int, audit: bool = False):
             if audit: torch.cuda.set_sync_debug_mode('default')
             sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
     dls = resident_dls(x, y, warmup + steps, args.device)
+    cfg = {**cfg, 'refresh_bn': False}  # the training steps alone
     return apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
                                   cbs=Timer()), cfg, args)
 
@@ -360,6 +361,9 @@ def markdown(res: dict) -> str:
         if 'fast_fused' in fl:
             lines += [f"| raw PyTorch steps with fused AdamW (`fused=True`) | | {c['fast_fused']:.0f} ({ratio(c['fast_fused'], c['fast']):.0%}) |",
                       f"| fastai with `fast_training` and fused AdamW | | {fl['fast_fused']:.0f} ({ratio(fl['fast_fused'], c['fast']):.0%}) |"]
+        if 'fast_bs256_fused' in fl:
+            lines.append(f"| same, at bs 256 | | {fl['fast_bs256_fused']:.0f} ({ratio(fl['fast_bs256_fused'], c['fast_bs256_fused']):.0%} of {c['fast_bs256_fused']:.0f}, "
+                         f"the raw loop at bs 256 with fused AdamW) |")
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |",
                   f"| one decode thread alone: training crops from the cache (every epoch after the first) | | {dc['training_crops_from_cache']:.0f} |"]
@@ -421,7 +425,8 @@ def main(argv=None):
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
     stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
     fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
-                training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)})
+                training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)},
+                refresh_bn=True)  # a short run from random weights, what RefreshBatchNormStats is for (harmless at any batch size)
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
 
     t0 = time.perf_counter()
@@ -452,6 +457,9 @@ def main(argv=None):
             results['fastai_loop'].update(fast_bs256=variant('fastai loop at bs 256', lambda: fastai_loop({**fast, 'bs': 256}, args, steps, warmup)),
                                           fast_fused=variant('fastai loop, fused AdamW', lambda: fastai_loop({**fast, 'fused': True}, args, steps, warmup)))
             results['ceiling']['fast_fused'] = variant('raw loop, fused AdamW', lambda: ceiling({**fast, 'fused': True}, args, steps, warmup))
+            bs256_fused = {**fast, 'bs': 256, 'fused': True}
+            results['ceiling']['fast_bs256_fused'] = variant('raw loop at bs 256, fused AdamW', lambda: ceiling(bs256_fused, args, steps, warmup))
+            results['fastai_loop']['fast_bs256_fused'] = variant('fastai loop at bs 256, fused AdamW', lambda: fastai_loop(bs256_fused, args, steps, warmup))
             tiny = {**fast, 'bs': 2, 'size': 64}
             results['host_ms_per_step'] = {'raw': 2e3 / variant('raw loop, tiny batch', lambda: ceiling(tiny, args, steps, warmup)),
                                            'fastai_fast': 2e3 / variant('fastai loop, tiny batch', lambda: fastai_loop(tiny, args, steps, warmup))}
@@ -473,7 +481,8 @@ def main(argv=None):
         variant_runs += [(f'stock_at_fast_settings_w{w_last}', {**fast, 'fast': False, 'dl_kwargs': {}}, w_last)]
         if fast['dl_kwargs']['cache_gb']: variant_runs += [(f'fast_no_cache_w{w_last}', {**fast, 'dl_kwargs': {}}, w_last)]
         if gpu:  # fewer, larger steps: BatchNorm's running statistics need refreshing (see RefreshBatchNormStats)
-            variant_runs += [(f'fast_bs256_w{w_last}', {**fast, 'bs': 256, 'refresh_bn': True}, w_last)]
+            variant_runs += [(f'fast_bs256_w{w}', {**fast, 'bs': 256}, w) for w in worker_counts]
+            variant_runs += [(f'fast_bs256_fused_w{w_last}', {**fast, 'bs': 256, 'fused': True}, w_last)]
     def run(cfg, w): return dict(**data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
     for key, cfg, w, required in [(*r, True) for r in runs] + [(*r, False) for r in variant_runs]:
         result = run(cfg, w) if required else variant(key, lambda: run(cfg, w), None)

@@ -80,31 +80,42 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
 
 # %% ../nbs/10_fastimage.ipynb #fc12bda3
 class EncodedImage:
-    "An image as JPEG bytes (`data`) or as decoded `pixels` (3×H×W uint8), with its `size` as (width, height); `key` names a file's contents (see `DecodedCache`)."
+    "An image as JPEG bytes (`data`), as decoded `pixels` (3×H×W uint8), or as neither when a `DecodedCache` keeps the file's image; with its `size` as (width, height); `key` names a file's contents (see `DecodedCache`)."
     def __init__(self, data: bytes | None = None, pixels: torch.Tensor | None = None, size=None, name: str = '', key=None):
-        assert (data is None) != (pixels is None), 'give either the JPEG bytes or the pixels'
+        assert data is None or pixels is None, 'give the JPEG bytes or the pixels, not both'
+        assert data is not None or pixels is not None or (key is not None and size is not None), 'an image kept by a cache needs its file key and size'
         self.data, self.pixels, self.name, self.key = data, pixels, name, key
         self.size = tuple(size) if size is not None else (pixels.shape[2], pixels.shape[1])
 
+    @property
+    def form(self) -> str: return 'jpeg' if self.data is not None else 'pixels' if self.pixels is not None else 'kept'
+
     def to_pil(self) -> PILImage:
         if self.pixels is not None: return PILImage.create(self.pixels.permute(1, 2, 0).numpy())
-        return PILImage.create(self.data)
+        return PILImage.create(self.data if self.data is not None else self.name)
 
     def show(self, ctx=None, **kwargs): return self.to_pil().show(ctx=ctx, **kwargs)
-    def __repr__(self): return f"{type(self).__name__}({'jpeg' if self.data is not None else 'pixels'}, size={self.size}, {self.name!r})"
+    def __repr__(self): return f"{type(self).__name__}({self.form}, size={self.size}, {self.name!r})"
 
 def _pixels(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1).contiguous()
 
 class ReadImage(Transform):
-    "Type transform: a path, bytes or image becomes an `EncodedImage`; undecodable files are reported and skipped."
+    "Type transform: a path, bytes or image becomes an `EncodedImage`; undecodable files are reported and skipped. With a `cache` (a fast loader's `DecodedCache`), a file whose image it keeps is not read again."
     input_types = (str, Path, bytes, bytearray, Image.Image, torch.Tensor, np.ndarray)  # what `predict` may be given
+
+    def __init__(self, cache=None):
+        super().__init__()
+        self.cache = cache
 
     def encodes(self, x) -> EncodedImage:
         key = None
         if isinstance(x, (str, Path)):
-            data, name = Path(x).read_bytes(), str(x)
-            key = (name, len(data), os.stat(x).st_mtime_ns)  # a file changed on disk gets a new key
+            stat, name = os.stat(x), str(x)
+            key = (name, stat.st_size, stat.st_mtime_ns)  # a file changed on disk gets a new key
+            if self.cache is not None and (size := self.cache.kept_size(key)) is not None:
+                return EncodedImage(size=size, name=name, key=key)
+            data = Path(x).read_bytes()
         elif isinstance(x, (bytes, bytearray)): data, name = bytes(x), '<bytes>'
         else: return EncodedImage(pixels=_pixels(PILImage.create(x)), name=type(x).__name__)
         info = jpeg_info(data)
@@ -231,7 +242,9 @@ class EncodedBatch:
         self.blob = torch.frombuffer(bytearray(b''.join(jpegs)), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8)
         ends = np.cumsum([len(d) for d in jpegs]).tolist()
         spans = iter(zip([0] + ends[:-1], ends))  # where each JPEG sits in `blob`
-        self.slots = [next(spans) if im.data is not None else render(im.pixels, p) for im, p in zip(images, plans)]
+        # a slot: where the JPEG sits, the pixels already rendered, or None for an image the cache keeps (nothing read)
+        self.slots = [next(spans) if im.form == 'jpeg' else render(im.pixels, p) if im.form == 'pixels' else None
+                      for im, p in zip(images, plans)]
         self.draft = draft
 
     def __len__(self): return len(self.plans)
@@ -239,17 +252,17 @@ class EncodedBatch:
     def decode(self, cache: DecodedCache | None = None) -> TensorImage:
         "Decode, crop and resize every image on `self.device`, taking from `cache` what it holds and offering it the rest; a file no decoder can read becomes black, with a warning."
         device = _full_device(self.device)
-        todo = [i for i, s in enumerate(self.slots) if isinstance(s, tuple)]
+        todo = [i for i, s in enumerate(self.slots) if not isinstance(s, torch.Tensor)]
         keys = {i: k for i in todo if cache is not None and (k := cache_key(self.keys[i], self.plans[i])) is not None}
         kept = {i: img for i, k in keys.items() if (img := cache.get(k, device)) is not None}
         fresh = [i for i in todo if i not in kept]
-        decoded = dict(zip(fresh, decode_jpegs([self.blob[slice(*self.slots[i])] for i in fresh], device)))
+        decoded = dict(zip(fresh, decode_jpegs([self._jpeg(i) for i in fresh], device)))
         new = {i: keep_form(img, self.plans[i]) for i, img in decoded.items() if img is not None and i in keys}
-        if new: cache.add({keys[i]: img for i, img in new.items()})
+        if new: cache.add({keys[i]: img for i, img in new.items()}, sizes={keys[i]: self.plans[i].orig for i in new})
         kept.update(new)
         out = []
         for i, (slot, plan) in enumerate(zip(self.slots, self.plans)):
-            if not isinstance(slot, tuple): out.append(slot.to(device)); continue
+            if isinstance(slot, torch.Tensor): out.append(slot.to(device)); continue
             if i in kept: out.append(from_kept(kept[i], plan)); continue
             img = decoded[i]
             if img is None: img = self._decode_on_cpu(i).to(device)
@@ -257,8 +270,13 @@ class EncodedBatch:
         if any(x.is_floating_point() for x in out): out = [x.float() for x in out]
         return to_uint8(_stack(out, self.names))
 
+    def _jpeg(self, i: int) -> torch.Tensor:
+        "Image `i`'s JPEG bytes; read here if the worker left them out because the cache keeps the image, though not for this plan."
+        if self.slots[i] is not None: return self.blob[slice(*self.slots[i])]
+        return torch.frombuffer(bytearray(Path(self.names[i]).read_bytes()), dtype=torch.uint8)
+
     def _decode_on_cpu(self, i: int) -> torch.Tensor:
-        try: return decode_with_pil(self.blob[slice(*self.slots[i])].numpy().tobytes(), self.plans[i], self.draft)
+        try: return decode_with_pil(self._jpeg(i).numpy().tobytes(), self.plans[i], self.draft)
         except Exception as e:
             warnings.warn(f"{self.names[i]}: no decoder could read it ({type(e).__name__}: {e}); using a black image")
             return torch.zeros(3, *self.plans[i].orig[::-1], dtype=torch.uint8)
@@ -312,7 +330,7 @@ class DecodedCache:
 
     def clear(self):
         "Forget every image; their memory is freed once no batch uses them any more."
-        self.images, self.nbytes, self.hits, self.misses = {}, 0, 0, 0
+        self.images, self.sizes, self.nbytes, self.hits, self.misses = {}, {}, 0, 0, 0
 
     def get(self, key, device: torch.device) -> torch.Tensor | None:
         "The image kept under `key` on `device`, ready for use on the current CUDA stream; None if there is none."
@@ -328,8 +346,12 @@ class DecodedCache:
             img.record_stream(stream)  # and keep its memory from reuse until this stream is done with it
         return img
 
-    def add(self, images: dict):
-        "Keep each `{key: image}` that fits in what is left of the budget."
+    def kept_size(self, file_key) -> tuple | None:
+        "The size of the file with key `file_key` if an image of it is kept (so a reader need not read it again), else None."
+        return self.sizes.get(file_key)
+
+    def add(self, images: dict, sizes: dict):
+        "Keep each `{key: image}` that fits in what is left of the budget; `sizes`: `{key: (width, height)}` of the file each comes from (named by `key[0]`, see `cache_key`)."
         images = {k: v for k, v in images.items() if k is not None}
         if not images: return
         first = next(iter(images.values()))
@@ -339,6 +361,7 @@ class DecodedCache:
                 n = img.numel() * img.element_size()
                 if key in self.images or self.nbytes + n > self.max_bytes: continue
                 self.images[key], self.nbytes = (img, ready), self.nbytes + n
+                self.sizes[key[0]] = tuple(sizes[key])
 
     def __len__(self): return len(self.images)
     def __repr__(self):
@@ -383,6 +406,10 @@ def _decodes_in_workers(decode_in_workers: bool | None, device) -> bool:
     if decode_in_workers is not None: return decode_in_workers
     return device is None or torch.device(device).type == 'cpu'
 
+def _image_readers(dataset) -> list[ReadImage]:
+    "The `ReadImage` transforms of a fastai `Datasets` or `TfmdLists`."
+    return [t for tl in getattr(dataset, 'tls', [dataset]) for t in getattr(getattr(tl, 'tfms', None), 'fs', []) if isinstance(t, ReadImage)]
+
 class FastImageDL(TfmdDL):
     "A `TfmdDL` whose workers only read image files; each batch is decoded, cropped and resized at once on the loader's device."
     def __init__(self, dataset=None, after_item=None, after_batch=None, draft: bool = True, prefetch: int = 2,
@@ -399,7 +426,10 @@ class FastImageDL(TfmdDL):
             if self._decode_in_workers():
                 warnings.warn('The decoded-image cache has no effect where worker processes decode (on a CPU device, by default): '
                               'each worker would keep its own copy. Pass decode_in_workers=False to decode and keep them here.')
-            else: self.decoder.cache = cache
+            else:
+                self.decoder.cache = cache
+                # workers forked at the start of an epoch see what the cache kept until then, and skip reading those files
+                for read in _image_readers(self.dataset): read.cache = cache
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **{'prefetch': self.prefetch, 'decode_in_workers': self.decode_in_workers, **kwargs})

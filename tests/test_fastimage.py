@@ -6,6 +6,7 @@ does on a GPU, and the background prefetch thread runs as it does there.
 """
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,26 @@ def test_gpu_cache_serves_later_epochs(pets, sizer):
     for _ in range(2):
         for x, y in fast.train: assert x.shape[1:] == (3, 64, 64) and x.is_cuda
     assert cache.hits > n and len(cache) == cache.misses
+
+
+def test_workers_skip_files_the_cache_keeps(pets, tmp_path):
+    "Worker processes, forked at each pass, do not read a file again once its image is kept: overwriting the files (same size and time) changes nothing."
+    import os, shutil
+    from fastai.data.load import SkipItemException
+    from course_utils.fastimage import ReadImage
+    src, files = pets
+    for f in files: shutil.copy2(f, tmp_path / f.name)
+    dls = loaders((tmp_path, get_image_files(tmp_path)), True, Resize(64), num_workers=2, decode_in_workers=False, cache_gb=1)
+    first = all_valid(dls)
+    for f in dls.valid.items:
+        st = os.stat(f)
+        Path(f).write_bytes(bytes(st.st_size))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(SkipItemException), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ReadImage()(dls.valid.items[0])  # read again, the file is no image any more
+    second = all_valid(dls)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
 def test_random_resized_crop_validation_matches_stock(pets):
