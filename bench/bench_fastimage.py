@@ -309,7 +309,8 @@ def markdown(res: dict) -> str:
              f"fastai {m['fastai']}. Stock: bs {m['stock']['bs']} {m['stock']['precision']}; "
              f"fast: bs {m['fast']['bs']} {m['fast']['precision']}"
              f"{' channels_last, `fast_training` (PyTorch AdamW, loss kept on the GPU)' if m['device'] == 'cuda' else ''}"
-             f"{', decoded images kept between epochs (up to %g GiB)' % m['fast']['dl_kwargs']['cache_gb'] if m['fast'].get('dl_kwargs', {}).get('cache_gb') else ''}.", '',
+             f"{', decoded images kept between epochs (up to %g GiB)' % m['fast']['dl_kwargs']['cache_gb'] if m['fast'].get('dl_kwargs', {}).get('cache_gb') else ''}"
+             f"{', BatchNorm statistics refreshed after each fit (`RefreshBatchNormStats`, left out of the training speed)' if m['fast'].get('refresh_bn') else ''}.", '',
              '| measure | workers | stock | fast | fast / stock | goal |', '|---|---|---|---|---|---|']
     def wl(w):
         if w != 'all': return str(w)
@@ -341,12 +342,12 @@ def markdown(res: dict) -> str:
             v = r[f'{kind}_w{w}']
             lines.append(f"| {kind} (bs {m[kind]['bs']} {m[kind]['precision']}) | {wl(w)} | {v['train_img_s_unfrozen']:.0f} | "
                          f"{v['train_img_s_unfrozen_steady']:.0f} | {c[kind]:.0f} | {ratio(v['train_img_s_unfrozen_steady'], c[kind]):.0%} | {goal} |")
-    extra = [k for k in r if k.startswith(('fast_stock_training', 'stock_at_fast', 'fast_no_cache', 'fast_bs256'))]
+    extra = [k for k in r if k.startswith(('fast_stock_training', 'stock_at_fast', 'fast_no_cache', 'fast_bs'))]
     if extra:
         lines += ['', '| variant | data images/s | fine_tune(1) s | unfrozen img/s (steady) | share of its ceiling | error_rate | fp32 eval | BN batch stats |',
                   '|---|---|---|---|---|---|---|---|']
         for k in extra:
-            v, ceil = r[k], c.get(k.rsplit('_w', 1)[0], c['fast'])  # bs 256 has a ceiling of its own
+            v, ceil = r[k], c.get(k.rsplit('_w', 1)[0], c['fast'])  # another batch size has a ceiling of its own
             lines.append(f"| {k} | {v['data_img_s']:.0f} | {v['seconds']:.1f} | {v['train_img_s_unfrozen']:.0f} ({v['train_img_s_unfrozen_steady']:.0f}) | "
                          f"{ratio(v['train_img_s_unfrozen_steady'], ceil):.0%} of {ceil:.0f} | {v['error_rate']:.4f} | {v.get('error_rate_fp32_eval', float('nan')):.4f} | {v['error_rate_batch_stats']:.4f} |")
     if 'fastai_loop' in r:
@@ -356,14 +357,12 @@ def markdown(res: dict) -> str:
                   f"| fastai `Learner.fit`, batches on the device, fastai as it comes | {fl['stock']:.0f} ({ratio(fl['stock'], c['stock']):.0%}) "
                   f"| {fl['fast_stock_training']:.0f} ({ratio(fl['fast_stock_training'], c['fast']):.0%}) |",
                   f"| same, with `fast_training` (PyTorch AdamW, loss kept on the GPU) | | {fl['fast']:.0f} ({ratio(fl['fast'], c['fast']):.0%}) |"]
-        if 'fast_bs256' in fl:
-            lines.append(f"| same, at bs 256 | | {fl['fast_bs256']:.0f} ({ratio(fl['fast_bs256'], c['fast_bs256']):.0%} of {c['fast_bs256']:.0f}, the raw loop at bs 256) |")
+        for k in (k for k in fl if k.startswith('fast_bs')):
+            bs = k.removeprefix('fast_bs')
+            lines.append(f"| same, at bs {bs} | | {fl[k]:.0f} ({ratio(fl[k], c[k]):.0%} of {c[k]:.0f}, the raw loop at bs {bs}) |")
         if 'fast_fused' in fl:
             lines += [f"| raw PyTorch steps with fused AdamW (`fused=True`) | | {c['fast_fused']:.0f} ({ratio(c['fast_fused'], c['fast']):.0%}) |",
                       f"| fastai with `fast_training` and fused AdamW | | {fl['fast_fused']:.0f} ({ratio(fl['fast_fused'], c['fast']):.0%}) |"]
-        if 'fast_bs256_fused' in fl:
-            lines.append(f"| same, at bs 256 | | {fl['fast_bs256_fused']:.0f} ({ratio(fl['fast_bs256_fused'], c['fast_bs256_fused']):.0%} of {c['fast_bs256_fused']:.0f}, "
-                         f"the raw loop at bs 256 with fused AdamW) |")
         lines += [f"| one decode thread alone: batch decode (nvJPEG on a GPU) | | {dc['decode']:.0f} |",
                   f"| one decode thread alone: batch decode + crop/resize | | {dc['decode_crop_resize']:.0f} |",
                   f"| one decode thread alone: training crops from the cache (every epoch after the first) | | {dc['training_crops_from_cache']:.0f} |"]
@@ -399,7 +398,7 @@ def main(argv=None):
     p.add_argument('--arch', default=None, help='torchvision architecture (default resnet34; --quick: resnet18)')
     p.add_argument('--size', type=int, default=None, help='image size (default 224; --quick: 128)')
     p.add_argument('--stock-bs', type=int, default=64)
-    p.add_argument('--fast-bs', type=int, default=None, help='fast path batch size (default 128 on a GPU, else --stock-bs)')
+    p.add_argument('--fast-bs', type=int, default=None, help='fast path batch size (default 256 on a GPU, else --stock-bs)')
     p.add_argument('--fast-precision', default=None, choices=['fp32', 'bf16', 'fp16'], help="default on a GPU: bf16 where it is native, else fp16; on a CPU fp32")
     p.add_argument('--cache-gb', type=float, default=None, help='decoded images the fast path keeps between epochs (default 16 GiB on a GPU, '
                    'else 0: on a CPU the workers decode)')
@@ -424,7 +423,7 @@ def main(argv=None):
     cpus = os.cpu_count() or 1
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
     stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
-    fast = dict(fast=True, bs=args.fast_bs or (128 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
+    fast = dict(fast=True, bs=args.fast_bs or (256 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
                 training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)},
                 refresh_bn=True)  # a short run from random weights, what RefreshBatchNormStats is for (harmless at any batch size)
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
@@ -448,18 +447,16 @@ def main(argv=None):
             return failed
     steps, warmup = (50, 5) if gpu else (3, 1)
     results['ceiling'] = {k: ceiling(c, args, steps, warmup) for k, c in (('stock', stock), ('fast', fast))}
-    if args.variants and gpu: results['ceiling']['fast_bs256'] = variant('ceiling at bs 256', lambda: ceiling({**fast, 'bs': 256}, args, steps, warmup))
+    half = {**fast, 'bs': fast['bs'] // 2}  # a variant: more, smaller steps (where Python's time per step counts for more)
+    if args.variants and gpu: results['ceiling'][f"fast_bs{half['bs']}"] = variant('ceiling at half the batch', lambda: ceiling(half, args, steps, warmup))
     print('ceiling', results['ceiling'], flush=True); save()
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
         results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
                                   'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
-        if gpu:  # a larger batch; the optimizer in one kernel; and, on a batch too small to keep the GPU busy, how long Python takes to queue one step
-            results['fastai_loop'].update(fast_bs256=variant('fastai loop at bs 256', lambda: fastai_loop({**fast, 'bs': 256}, args, steps, warmup)),
-                                          fast_fused=variant('fastai loop, fused AdamW', lambda: fastai_loop({**fast, 'fused': True}, args, steps, warmup)))
+        if gpu:  # half the batch; the optimizer in one kernel; and, on a batch too small to keep the GPU busy, how long Python takes to queue one step
+            results['fastai_loop'][f"fast_bs{half['bs']}"] = variant('fastai loop at half the batch', lambda: fastai_loop(half, args, steps, warmup))
+            results['fastai_loop']['fast_fused'] = variant('fastai loop, fused AdamW', lambda: fastai_loop({**fast, 'fused': True}, args, steps, warmup))
             results['ceiling']['fast_fused'] = variant('raw loop, fused AdamW', lambda: ceiling({**fast, 'fused': True}, args, steps, warmup))
-            bs256_fused = {**fast, 'bs': 256, 'fused': True}
-            results['ceiling']['fast_bs256_fused'] = variant('raw loop at bs 256, fused AdamW', lambda: ceiling(bs256_fused, args, steps, warmup))
-            results['fastai_loop']['fast_bs256_fused'] = variant('fastai loop at bs 256, fused AdamW', lambda: fastai_loop(bs256_fused, args, steps, warmup))
             tiny = {**fast, 'bs': 2, 'size': 64}
             results['host_ms_per_step'] = {'raw': 2e3 / variant('raw loop, tiny batch', lambda: ceiling(tiny, args, steps, warmup)),
                                            'fastai_fast': 2e3 / variant('fastai loop, tiny batch', lambda: fastai_loop(tiny, args, steps, warmup))}
@@ -480,9 +477,8 @@ def main(argv=None):
         variant_runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
         variant_runs += [(f'stock_at_fast_settings_w{w_last}', {**fast, 'fast': False, 'dl_kwargs': {}}, w_last)]
         if fast['dl_kwargs']['cache_gb']: variant_runs += [(f'fast_no_cache_w{w_last}', {**fast, 'dl_kwargs': {}}, w_last)]
-        if gpu:  # fewer, larger steps: BatchNorm's running statistics need refreshing (see RefreshBatchNormStats)
-            variant_runs += [(f'fast_bs256_w{w}', {**fast, 'bs': 256}, w) for w in worker_counts]
-            variant_runs += [(f'fast_bs256_fused_w{w_last}', {**fast, 'bs': 256, 'fused': True}, w_last)]
+        if gpu:
+            variant_runs += [(f"fast_bs{half['bs']}_w{w_last}", half, w_last)]
     def run(cfg, w): return dict(**data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
     for key, cfg, w, required in [(*r, True) for r in runs] + [(*r, False) for r in variant_runs]:
         result = run(cfg, w) if required else variant(key, lambda: run(cfg, w), None)
