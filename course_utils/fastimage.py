@@ -103,6 +103,7 @@ def _pixels(img: Image.Image) -> torch.Tensor:
 class ReadImage(Transform):
     "Type transform: a path, bytes or image becomes an `EncodedImage`; undecodable files are reported and skipped. With a `cache` (a fast loader's `DecodedCache`), a file whose image it keeps is not read again."
     input_types = (str, Path, bytes, bytearray, Image.Image, torch.Tensor, np.ndarray)  # what `predict` may be given
+    cache = None  # also for learners exported before readers had a cache
 
     def __init__(self, cache=None):
         super().__init__()
