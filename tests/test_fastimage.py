@@ -5,6 +5,8 @@ send undecoded batches to the main process, where torchvision decodes them, exac
 does on a GPU, and the background prefetch thread runs as it does there.
 """
 import io
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -14,10 +16,10 @@ import torch
 from PIL import Image
 
 from fastai.vision.all import (CategoryBlock, ConvLayer, CrossEntropyLossFlat, ImageBlock, Learner, TensorImage, nn, DataBlock, ImageDataLoaders, Resize, RandomResizedCrop, RandomSplitter,
-                               error_rate, get_image_files, set_seed, using_attr)
+                               SkipItemException, error_rate, get_image_files, set_seed, using_attr)
 
 from course_utils.core import setup_course
-from course_utils.fastimage import FastImageBlock, FastImageDataLoaders, FastImageDL
+from course_utils.fastimage import FastImageBlock, FastImageDataLoaders, FastImageDL, ReadImage
 from course_utils.samples import build_pets
 
 
@@ -109,10 +111,7 @@ def test_gpu_cache_serves_later_epochs(pets, sizer):
 
 def test_workers_skip_files_the_cache_keeps(pets, tmp_path):
     "Worker processes, forked at each pass, do not read a file again once its image is kept: overwriting the files (same size and time) changes nothing."
-    import os, shutil
-    from fastai.data.load import SkipItemException
-    from course_utils.fastimage import ReadImage
-    src, files = pets
+    _, files = pets
     for f in files: shutil.copy2(f, tmp_path / f.name)
     dls = loaders((tmp_path, get_image_files(tmp_path)), True, Resize(64), num_workers=2, decode_in_workers=False, cache_gb=1)
     first = all_valid(dls)
