@@ -99,7 +99,7 @@ def data_only(files, folder, cfg, args, workers) -> dict:
 def apply_settings(learn, cfg, args):
     "The learner side of `cfg`: fastai as it comes (with mixed precision if asked), or `fast_training` (with PyTorch's fused AdamW if asked); and BatchNorm statistics refreshed if asked."
     from functools import partial
-    from course_utils.fastimage import RefreshBatchNormStats, fast_training, torch_adamw
+    from course_utils.training import RefreshBatchNormStats, fast_training, torch_adamw
     if cfg['training'] == 'fast': fast_training(learn, precision=cfg['precision'])
     elif cfg['precision'] != 'fp32' and args.device.type == 'cuda': learn.to_channelslast(amp_mode=cfg['precision'])
     if cfg.get('fused'): learn.opt_func = partial(torch_adamw, fused=True)  # one kernel for the whole update instead of several per group
@@ -413,7 +413,7 @@ def main(argv=None):
     import torch, torchvision, fastai
     from fastai.vision.all import get_image_files
     import fastai.vision.all as fv
-    from course_utils.fastimage import gpu_amp_mode
+    from course_utils.training import gpu_amp_mode
     args.device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     gpu = args.device.type == 'cuda'
     n = args.n_images or (240 if args.quick else PETS_IMAGES)

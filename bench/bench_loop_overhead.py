@@ -1,5 +1,5 @@
 """Host time per training step: a plain PyTorch loop, fastai's `Learner.fit` as it comes, and with
-`course_utils.fastimage`'s training settings, measured in one run on the CPU.
+`course_utils.training`'s settings, measured in one run on the CPU.
 
 On a GPU, Python only queues the kernels of a step; the GPU runs them later. Whether a training loop
 can keep a GPU busy depends on how long Python takes to queue one step (the "host time") against how
@@ -72,7 +72,7 @@ def raw_ms(x, y, steps: int, warmup: int, make_model=model) -> float:
 def fastai_ms(x, y, steps: int, warmup: int, fast: bool, make_model=model) -> float:
     "Milliseconds per step of fastai's `Learner.fit` (with its progress bar, as a lesson runs it) on one batch served again and again."
     from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, TensorCategory, TensorImage
-    from course_utils.fastimage import KeepLossOnDevice, LazyLossProgress, torch_adamw
+    from course_utils.training import KeepLossOnDevice, LazyLossProgress, torch_adamw
     from bench_fastimage import resident_dls
     class Timer(Callback):
         order = 100

@@ -40,8 +40,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 __all__ = ['GPU_READERS', 'JpegInfo', 'jpeg_info', 'EncodedImage', 'ReadImage', 'CropPlan', 'plan_crop', 'crop_pad', 'to_uint8',
            'render', 'decode_jpegs', 'decode_with_pil', 'EncodedBatch', 'cache_key', 'keep_form', 'from_kept',
            'DecodedCache', 'DecodeImages', 'FastImageDL', 'FastImageBlock', 'fast_dblock', 'FastImageDataLoaders',
-           'torch_adamw', 'SmoothLossOnDevice', 'KeepLossOnDevice', 'LazyLossProgress', 'gpu_amp_mode', 'fast_training',
-           'RefreshBatchNormStats', 'skip_zero_padding', 'presize_images']
+           'skip_zero_padding', 'presize_images']
 
 # %% ../nbs/10_fastimage.ipynb #e28f78ad
 @dataclass(frozen=True)
@@ -537,86 +536,6 @@ class FastImageDataLoaders(ImageDataLoaders):
 # itself; bind them to this class so that they reach `from_dblock` above.
 for _name in ('from_name_func', 'from_path_re', 'from_name_re', 'from_csv'):
     setattr(FastImageDataLoaders, _name, classmethod(getattr(ImageDataLoaders, _name).__func__))
-
-# %% ../nbs/10_fastimage.ipynb #b7e0c1a1
-from functools import partial
-
-from fastai.callback.core import Callback
-from fastai.callback.progress import ProgressCallback
-from fastai.learner import AvgSmoothLoss, Learner, Recorder
-from fastai.optimizer import OptimWrapper
-
-def torch_adamw(params, **kwargs) -> OptimWrapper:
-    "A fastai `opt_func`: PyTorch's AdamW, which updates all parameters with a few multi-tensor kernels, with fastai's `Adam` defaults."
-    # fastai's Adam: squared-gradient momentum 0.99 and eps 1e-5, where PyTorch's defaults are 0.999 and 1e-8
-    return OptimWrapper(params, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5), **kwargs)
-
-class SmoothLossOnDevice(AvgSmoothLoss):
-    "fastai's running training loss, kept on the device of the loss instead of being copied to the CPU at every step."
-    def accumulate(self, learn):
-        self.count += 1
-        loss = learn.loss.detach().float().mean()
-        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
-
-class KeepLossOnDevice(Callback):
-    "Record the running training loss with `SmoothLossOnDevice`; the loss history goes to the CPU once, after each fit."
-    order = Recorder.order + 1
-    def before_fit(self):
-        if hasattr(self.learn, 'recorder'): self.recorder.smooth_loss = SmoothLossOnDevice(self.recorder.smooth_loss.beta)
-    def after_fit(self):
-        r = getattr(self.learn, 'recorder', None)
-        if r is not None and r.losses: r.losses = list(torch.stack(list(r.losses)).cpu().unbind())
-
-class LazyLossProgress(ProgressCallback):
-    "fastai's progress bar, but it reads the running loss (and so waits for the GPU) only when it redraws, not at every step."
-    @property
-    def name(self): return 'progress'  # so that `learn.progress` and `learn.no_bar()` find it as they find fastai's
-    def after_batch(self):
-        self.pbar.update(self.iter + 1)
-        redrawn = self.pbar.last_v == self.iter + 1
-        if redrawn and hasattr(self, 'smooth_loss'): self.pbar.comment = f'{self.smooth_loss.item():.4f}'
-
-def gpu_amp_mode() -> str:
-    "Mixed precision for the current GPU: 'bf16' where it computes in bf16 natively (NVIDIA Ampere and later), else 'fp16'."
-    # PyTorch's is_bf16_supported() also says yes where bf16 is only emulated (a T4, a V100), which is slow
-    return 'bf16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'fp16'
-
-def fast_training(learn: Learner, precision: str = 'auto') -> Learner:
-    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU (also by the progress bar), and mixed precision with channels_last: `precision` is 'auto' (`gpu_amp_mode`), 'bf16', 'fp16' or 'fp32' (none)."
-    if precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise ValueError(f"precision={precision!r}: use 'auto', 'bf16', 'fp16' or 'fp32'")
-    if getattr(learn.dls, 'device', None) is None or torch.device(learn.dls.device).type != 'cuda': return learn
-    learn.opt_func, learn.opt = torch_adamw, None  # the optimizer is made again, with AdamW, at the next fit
-    learn.add_cb(KeepLossOnDevice())
-    if type(getattr(learn, 'progress', None)) is ProgressCallback: learn.remove_cb(learn.progress).add_cb(LazyLossProgress())
-    if precision == 'auto': precision = gpu_amp_mode()
-    if precision != 'fp32': learn.to_channelslast(amp_mode=precision)
-    return learn
-
-# %% ../nbs/10_fastimage.ipynb #d3c0a009
-from torch import nn
-
-class RefreshBatchNormStats(Callback):
-    "At the end of each fit's training, before its last validation: recompute every BatchNorm layer's running statistics as the plain average over the last `n_batches` training batches (weights unchanged)."
-    def __init__(self, n_batches: int = 8): self.n_batches = n_batches
-    def before_fit(self): self.kept = []
-    def after_batch(self):
-        if self.training and self.epoch == self.n_epoch - 1 and self.iter >= self.n_iter - self.n_batches:
-            self.kept.append(self.xb)
-
-    def after_train(self):
-        if self.epoch != self.n_epoch - 1: return
-        kept, self.kept = self.kept, []
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if not kept or not bns or hasattr(self.learn, 'lr_finder'): return  # the lr finder restores the weights anyway
-        momenta, was_training = [m.momentum for m in bns], self.model.training
-        for m in bns: m.reset_running_stats(); m.momentum = None  # None: a cumulative average over the batches seen
-        self.model.train()
-        try:
-            with torch.no_grad():
-                for xb in kept: self.model(*xb)
-        finally:
-            for m, momentum in zip(bns, momenta): m.momentum = momentum
-            self.model.train(was_training)
 
 # %% ../nbs/10_fastimage.ipynb #55189523
 from fastai.vision.augment import _pad_modes, tvpad

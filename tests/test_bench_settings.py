@@ -15,7 +15,7 @@ import torch
 from fastai.callback.fp16 import MixedPrecision
 from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner, TfmdDL, nn
 
-from course_utils.fastimage import RefreshBatchNormStats, torch_adamw
+from course_utils.training import RefreshBatchNormStats, torch_adamw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
 from bench_fastimage import apply_settings  # noqa: E402

@@ -194,7 +194,7 @@ def test_a_learner_on_fast_images_learns_like_stock(pets):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_gpu_fast_training_learns_with_cache_and_lazy_progress_bar(pets):
     "Lesson 1's GPU path at a small size: cached decoding, fast_training (AdamW, bf16, loss on the GPU, lazy bar), progress bar on."
-    from course_utils.fastimage import KeepLossOnDevice, LazyLossProgress, fast_training
+    from course_utils.training import KeepLossOnDevice, LazyLossProgress, fast_training
     path, files = pets
     set_seed(42)
     dls = FastImageDataLoaders.from_name_func(path, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(64),
