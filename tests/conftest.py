@@ -1,9 +1,18 @@
+import gc
+import os
+
 import pytest
 from fastai.data.external import fastai_cfg
 
 from course_utils import core
 
 from notebook_runner import NBS, all_runs, set_workdir
+
+# A data loader's worker is a fork of this process and inherits whatever earlier tests left for the
+# garbage collector. Collected in the worker, an ONNX Runtime session hangs for ever (its thread pool's
+# condition variables wait on threads the fork did not copy), and the worker with it. Frozen objects
+# are never collected: the worker leaves all it inherited to this process.
+os.register_at_fork(after_in_child=gc.freeze)
 
 
 @pytest.fixture(scope='session', autouse=True)
