@@ -238,7 +238,7 @@ class EncodedBatch:
     "The images of a batch as JPEG bytes, or as pixels already rendered, with a crop plan each; `decode()` makes the uint8 batch."
     def __init__(self, images: list[EncodedImage], plans: list[CropPlan], device, draft: bool = True):
         self.plans, self.device, self.names, self.keys = plans, device, [im.name for im in images], [im.key for im in images]
-        jpegs = [im.data for im in images if im.data is not None]
+        jpegs = [im.data for im in images if im.form == 'jpeg']
         self.blob = torch.frombuffer(bytearray(b''.join(jpegs)), dtype=torch.uint8) if jpegs else torch.empty(0, dtype=torch.uint8)
         ends = np.cumsum([len(d) for d in jpegs]).tolist()
         spans = iter(zip([0] + ends[:-1], ends))  # where each JPEG sits in `blob`
