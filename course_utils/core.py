@@ -97,8 +97,9 @@ def pretrained(arch, quiet: bool = False) -> bool:
 
 # %% ../nbs/00_core.ipynb #0254e84c
 def cpu_bf16_supported() -> bool:
-    "True when this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX)."
+    "True when this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX) and `COURSE_CPU_BF16=0` does not turn it off."
     import torch
+    if os.environ.get('COURSE_CPU_BF16') == '0': return False
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 # %% ../nbs/00_core.ipynb #a527fe2f
