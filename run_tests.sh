@@ -14,11 +14,14 @@ if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
 fi
 source .venv/bin/activate
 echo "== notebooks and generated files in sync (nbdev-export, nbdev-clean, README from nbs/index.ipynb)"
-before=$(git status --porcelain)
+# the content of every file that differs from git's index or is new (not ignored), so that a file that
+# was already modified and is rewritten again still counts as a change
+snapshot() { git ls-files -z --modified --deleted --others --exclude-standard | sort -zu | xargs -0r sha256sum 2>&1 || true; }
+before=$(snapshot)
 nbdev-export
 nbdev-clean
 tools/make_readme.sh
-after=$(git status --porcelain)
+after=$(snapshot)
 if [ "$before" != "$after" ]; then
   echo "nbdev-export, nbdev-clean or tools/make_readme.sh changed files; run them and commit the result:" >&2
   diff <(echo "$before") <(echo "$after") >&2 || true

@@ -9,20 +9,53 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from .core import using_sample_data
 
 # %% auto #0
-__all__ = ['report']
+__all__ = ['BOOK', 'book_figure', 'report']
+
+# %% ../nbs/03_ledger.ipynb #8026ef9b
+BOOK = {  # the book's figure for each headline metric a lesson reports
+    ('01_intro', 'error_rate'): 0.0027,
+    ('02_production', 'error_rate'): 0.016,
+    ('04_mnist_basics', 'accuracy_pixel_similarity'): 0.9511,
+    ('04_mnist_basics', 'accuracy_linear_scratch'): 0.9696,
+    ('04_mnist_basics', 'accuracy_linear_learner'): 0.9676,
+    ('04_mnist_basics', 'accuracy_simple_net'): 0.9828,
+    ('04_mnist_basics', 'accuracy_resnet18'): 0.9971,
+    ('05_pet_breeds', 'error_rate_fine_tune2'): 0.0805,
+    ('05_pet_breeds', 'error_rate_unfrozen'): 0.0595,
+    ('05_pet_breeds', 'error_rate_discriminative'): 0.0541,
+    ('06_multicat', 'accuracy_multi'): 0.9528,
+    ('06_multicat', 'biwi_valid_mse'): 4e-5,
+    ('08_collab', 'mse_dotproductbias'): 0.8926,
+    ('08_collab', 'mse_dotproductbias_wd'): 0.8231,
+    ('08_collab', 'mse_collab_learner'): 0.8217,
+    ('08_collab', 'mse_collab_nn'): 0.8649,
+}
+
+# %% ../nbs/03_ledger.ipynb #bf6f4bda
+def book_figure(
+    lesson: str, # the lesson's notebook name, e.g. '01_intro'
+    metric: str, # the metric's name in `BOOK`
+) -> float:
+    "The book's figure for `metric` of `lesson`, from `BOOK`."
+    try: return BOOK[lesson, metric]
+    except KeyError: raise KeyError(f"No book figure for {lesson} · {metric}: add it to course_utils.ledger.BOOK") from None
+
+# %% ../nbs/03_ledger.ipynb #13185f1a
+def _as_float(value) -> float: return float(value.item() if hasattr(value, 'item') else value)
 
 # %% ../nbs/03_ledger.ipynb #a4f8c753
-def _as_float(value) -> float:
-    return float(value.item() if hasattr(value, 'item') else value)
-
-def report(lesson: str, metric: str, value, book: float, note: str = '') -> dict:
+def report(
+    lesson: str,    # the lesson's notebook name, e.g. '01_intro'
+    metric: str,    # the metric's name in `BOOK`
+    value,          # this run's value: a number or a one-element tensor
+    note: str = '', # printed after the figures, e.g. how the value was chosen
+) -> dict:
     "Print `metric` of this run beside the book's figure; append it to `$COURSE_RESULTS` if set."
-    data = 'sample' if using_sample_data() else 'real'
+    data, book = 'sample' if using_sample_data() else 'real', book_figure(lesson, metric)
     row = {'lesson': lesson, 'metric': metric, 'value': round(_as_float(value), 6), 'book': book, 'data': data}
     caveat = ' (sample data: not comparable)' if data == 'sample' else ''
     print(f"{lesson} · {metric}: this run {row['value']:.4g} · book {book:.4g}{caveat}{' · ' + note if note else ''}")

@@ -68,15 +68,16 @@ def set_workdir(path: Path):
     _workdir = path
 
 
-def run_notebook(rel_path: str) -> NotebookRun:
-    "Run `nbs/<rel_path>` once (cached for the session) and return what happened."
+def run_notebook(rel_path: str, fastai_home: Path | None = None) -> NotebookRun:
+    "Run `nbs/<rel_path>` once (cached for the session) and return what happened; `fastai_home` runs it apart from the shared one."
     path = (NBS / rel_path).resolve()
-    if path in _runs: return _runs[path]
+    if (path, fastai_home) in _runs: return _runs[path, fastai_home]
     assert _workdir is not None, 'set_workdir() first (conftest does this)'
-    results_file = _workdir / 'results' / (path.stem + '.jsonl')
+    results_file = _workdir / 'results' / (path.stem + ('' if fastai_home is None else '-' + fastai_home.name) + '.jsonl')
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.unlink(missing_ok=True)
     env = sample_env(_workdir) | {'COURSE_RESULTS': str(results_file)}
+    if fastai_home is not None: env['FASTAI_HOME'] = str(fastai_home)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name='python3',
                             resources={'metadata': {'path': str(path.parent)}})
@@ -89,7 +90,7 @@ def run_notebook(rel_path: str) -> NotebookRun:
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)  # executed copy, with plots, for people to look at
     results = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.exists() else []
-    _runs[path] = run = NotebookRun(path, seconds, results, error, nb)
+    _runs[path, fastai_home] = run = NotebookRun(path, seconds, results, error, nb)
     return run
 
 

@@ -8,6 +8,7 @@ is missing or COURSE_UPDATE_SCREENSHOTS=1.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,19 +24,19 @@ import pytest
 from app_inputs import Upload, make_inputs, upright_reference
 from browser import CHROMIUM, NOT_LOOPBACK, launch_options
 from demo_model import demo_models_dir, sample_bear_photo
-from notebook_runner import ARTIFACTS, ROOT, notebooks_fastai_home, run_notebook
+from notebook_runner import ARTIFACTS, ROOT
+from optional import require
 from course_utils.cli import app_server
 
-pytest.importorskip('playwright.sync_api')
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+HAVE_BROWSER = Path(CHROMIUM).exists() and importlib.util.find_spec('playwright') is not None
+pytestmark = require(HAVE_BROWSER, f'a browser for the app tests (Chromium at {CHROMIUM} and Playwright)')
+if HAVE_BROWSER: from playwright.sync_api import Page, expect, sync_playwright
 
 APPS = ROOT / 'nbs' / 'apps'
 SHOTS = ARTIFACTS / 'screenshots'
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.0.0.1 to a proxy
 TOL = 1e-4
 TIMINGS: dict[str, list[float]] = {}
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'no chromium at {CHROMIUM}')
 
 
 def record(name: str, seconds: float):
@@ -283,14 +284,3 @@ def test_no_files_can_be_downloaded(voila_server):
         with pytest.raises(urllib.error.HTTPError) as err:
             NO_PROXY.open(voila_server['url'] + path, timeout=10)
         assert err.value.code == 403, (path, err.value.code)
-
-
-@pytest.mark.parametrize('app_nb, name', [('apps/bear_classifier.ipynb', 'bears'), ('apps/cat_or_dog.ipynb', 'pets')])
-def test_app_notebook_without_model_explains_how_to_make_one(app_nb, name):
-    "Run top to bottom like the test suite (sample mode, no model in its fresh FASTAI_HOME), as on Colab."
-    run = run_notebook(app_nb)
-    assert run.error is None, run.error
-    model = notebooks_fastai_home() / 'models' / 'apps' / name
-    if not model.exists():  # (a lesson run earlier in this session may have exported one)
-        text = json.dumps(run.nb)  # the message is in the HTML widget's saved state
-        assert f'course make-model {name}' in text and 'app-missing-model' in text

@@ -14,10 +14,12 @@ from PIL import Image
 
 from app_inputs import make_inputs, upright_reference
 from demo_model import demo_models_dir, sample_bear_photo
+from optional import require
 from course_utils.predict import ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available, read_manifest
 
 
 BACKENDS = ['torch'] + (['onnx'] if onnxruntime_available() else [])
+NEEDS_ONNX = require(onnxruntime_available(), 'ONNX Runtime')
 TOL = 1e-4
 
 
@@ -144,7 +146,7 @@ def test_broken_manifest_gives_clear_error(bears_model, tmp_path, backend, case)
         load_predictor(broken, backend)
 
 
-@pytest.mark.skipif('onnx' not in BACKENDS, reason='needs onnxruntime')
+@NEEDS_ONNX
 def test_onnx_graph_must_match_manifest_input_size(bears_model, tmp_path):
     # The PyTorch network accepts any size, so only the ONNX graph can tell that the manifest lies about it.
     broken = _broken_copy(bears_model, tmp_path / 'size', lambda m: m['input'].update(size=[96, 96]))
@@ -162,7 +164,7 @@ def test_unreadable_manifest_and_mismatched_weights(bears_model, tmp_path):
     with pytest.raises(ModelError, match='not a readable safetensors file'): load_predictor(arch)
 
 
-@pytest.mark.skipif('onnx' not in BACKENDS, reason='needs onnxruntime')
+@NEEDS_ONNX
 def test_optimised_graph_is_cached_per_export_and_rebuilt_when_damaged(bears_model, tmp_path, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
     photo = sample_bear_photo()

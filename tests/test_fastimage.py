@@ -51,9 +51,11 @@ def all_valid(dls):
 # filter, PIL in fixed point and torch in its own kernels, so a few pixels differ by one level.
 # With draft, libjpeg first shrinks by 2, 4 or 8 in the DCT domain (a different low-pass filter) and the
 # crop box is rounded to the smaller image's pixels, so hard edges (the sample's drawn pets have many)
-# move by a fraction of a pixel: large differences on a few edge pixels, about 2-3 levels on average.
+# move by a fraction of a pixel: large differences on a few edge pixels (up to 160 levels measured, which
+# is within what an edge between two drawn colours allows), about 2-3 levels on average. So draft is held
+# to its mean and its 99th percentile only: a shifted crop or swapped channels breaks both several times over.
 EXACT = dict(max=2, mean=0.05, p99=1)
-DRAFT = dict(max=255, mean=5, p99=48)
+DRAFT = dict(mean=5, p99=48)
 
 
 def assert_close(xs, xf, tol, what):

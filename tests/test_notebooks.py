@@ -1,9 +1,13 @@
 """Every notebook runs top to bottom in sample mode; lessons' trained models beat chance."""
+import json
+
 import pytest
 
 from notebook_runner import NBS, run_notebook
 
-NOTEBOOKS = sorted(str(p.relative_to(NBS)) for p in NBS.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+# the apps' notebooks run below, each without a model, as on a fresh runtime
+NOTEBOOKS = sorted(str(p.relative_to(NBS)) for p in NBS.rglob('*.ipynb')
+                   if '.ipynb_checkpoints' not in p.parts and p.parent.name != 'apps')
 
 
 @pytest.mark.parametrize('nb', NOTEBOOKS)
@@ -18,3 +22,14 @@ def test_lesson1_beats_chance():
     assert [r['data'] for r in rows] == ['sample']
     # A third of the pets are cats: always answering "dog" gives an error rate of about 0.32.
     assert run.metric('error_rate') < 0.15
+
+
+@pytest.mark.parametrize('app_nb, name', [('apps/bear_classifier.ipynb', 'bears'), ('apps/cat_or_dog.ipynb', 'pets')])
+def test_app_notebook_without_model_explains_how_to_make_one(app_nb, name, tmp_path):
+    "Run top to bottom as on a fresh Colab runtime: sample mode, and a FASTAI_HOME of its own that holds no model."
+    home = tmp_path / 'fastai_home'
+    run = run_notebook(app_nb, fastai_home=home)
+    assert run.error is None, run.error
+    assert not (home / 'models' / 'apps' / name).exists()
+    text = json.dumps(run.nb)  # the message is in the HTML widget's saved state
+    assert f'course make-model {name}' in text and 'app-missing-model' in text
