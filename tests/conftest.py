@@ -6,7 +6,7 @@ from fastai.data.external import fastai_cfg
 
 from course_utils import core
 
-from notebook_runner import NBS, all_runs, set_workdir
+from notebook_runner import NBS, all_runs, run_in_background, set_workdir
 
 # A data loader's worker is a fork of this process and inherits whatever earlier tests left for the
 # garbage collector. Collected in the worker, an ONNX Runtime session hangs for ever (its thread pool's
@@ -15,10 +15,24 @@ from notebook_runner import NBS, all_runs, set_workdir
 os.register_at_fork(after_in_child=gc.freeze)
 
 
+def notebooks_needed(items) -> list[str]:
+    "The notebooks the selected tests run (a test names its notebook with `@pytest.mark.notebook(path)` or as the `nb` parameter)."
+    needed = [m.args[0] for item in items for m in item.iter_markers('notebook')]
+    needed += [item.callspec.params['nb'] for item in items if 'nb' in getattr(getattr(item, 'callspec', None), 'params', {})]
+    return list(dict.fromkeys(needed))
+
+
 @pytest.fixture(scope='session', autouse=True)
-def notebook_workdir(tmp_path_factory):
-    "One cache of samples and settings shared by every notebook in the session."
+def notebook_workdir(tmp_path_factory, request):
+    """One cache of samples and settings shared by every notebook in the session; with two or more CPUs, the
+    notebooks the session needs run in the background from the start, sharing the CPUs with the other tests."""
     set_workdir(tmp_path_factory.mktemp('course'))
+    cpus = os.cpu_count() or 1
+    if cpus >= 2 and os.environ.get('COURSE_TEST_BACKGROUND', '1') != '0':
+        import torch
+        kernel_threads = cpus // 2
+        torch.set_num_threads(cpus - kernel_threads)  # two busy processes never ask for more threads than there are CPUs
+        run_in_background(notebooks_needed(request.session.items), kernel_threads)
 
 
 

@@ -2,12 +2,15 @@
 
 Each notebook runs once per test session; tests ask for its results (the ledger lines it wrote,
 its wall time, the executed notebook) through `run_notebook`, so several tests can check one run.
+`run_in_background` starts the notebooks a session will need while other tests run: a kernel is a
+process of its own, so the CPU that a waiting test would leave idle trains a lesson instead.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +51,9 @@ _workdir: Path | None = None
 def _fastai_home(workdir: Path) -> Path: return workdir / 'fastai_home'
 
 
-def sample_env(workdir: Path) -> dict[str, str]:
-    "Environment for a notebook kernel: samples only, no network, caches in `workdir`."
-    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}  # kernels draw plots inline
+def sample_env(workdir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    "Environment for a notebook kernel, from `base` (default: this process's): samples only, no network, caches in `workdir`."
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k != 'MPLBACKEND'}  # kernels draw plots inline
     env.update(COURSE_SAMPLE='1', COURSE_OFFLINE='1', IN_TEST='1',
                FASTAI_HOME=str(_fastai_home(workdir)), TORCH_HOME=str(workdir / 'torch_home'),
                PYTHONWARNINGS='ignore::FutureWarning')
@@ -68,15 +71,34 @@ def set_workdir(path: Path):
     _workdir = path
 
 
+_background: dict[Path, Future] = {}
+
+
+def run_in_background(rel_paths: list[str], kernel_threads: int):
+    "Start running `rel_paths` one after another in a background thread, each kernel using `kernel_threads` CPU threads."
+    assert _workdir is not None, 'set_workdir() first (conftest does this)'
+    base = dict(os.environ, OMP_NUM_THREADS=str(kernel_threads))  # taken now: tests may change os.environ meanwhile
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='notebooks')
+    for rel in rel_paths:
+        path = (NBS / rel).resolve()
+        if path not in _background and (path, None) not in _runs: _background[path] = pool.submit(_execute, path, None, base)
+    pool.shutdown(wait=False)
+
+
 def run_notebook(rel_path: str, fastai_home: Path | None = None) -> NotebookRun:
     "Run `nbs/<rel_path>` once (cached for the session) and return what happened; `fastai_home` runs it apart from the shared one."
     path = (NBS / rel_path).resolve()
-    if (path, fastai_home) in _runs: return _runs[path, fastai_home]
+    if fastai_home is None and path in _background: _runs[path, None] = _background.pop(path).result()
+    if (path, fastai_home) not in _runs: _runs[path, fastai_home] = _execute(path, fastai_home)
+    return _runs[path, fastai_home]
+
+
+def _execute(path: Path, fastai_home: Path | None, base: dict[str, str] | None = None) -> NotebookRun:
     assert _workdir is not None, 'set_workdir() first (conftest does this)'
     results_file = _workdir / 'results' / (path.stem + ('' if fastai_home is None else '-' + fastai_home.name) + '.jsonl')
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.unlink(missing_ok=True)
-    env = sample_env(_workdir) | {'COURSE_RESULTS': str(results_file)}
+    env = sample_env(_workdir, base) | {'COURSE_RESULTS': str(results_file)}
     if fastai_home is not None: env['FASTAI_HOME'] = str(fastai_home)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name='python3',
@@ -90,8 +112,7 @@ def run_notebook(rel_path: str, fastai_home: Path | None = None) -> NotebookRun:
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)  # executed copy, with plots, for people to look at
     results = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.exists() else []
-    _runs[path, fastai_home] = run = NotebookRun(path, seconds, results, error, nb)
-    return run
+    return NotebookRun(path, seconds, results, error, nb)
 
 
 def all_runs() -> list[NotebookRun]: return list(_runs.values())

@@ -1,7 +1,10 @@
 """Lesson 2 end to end on the bears sample: search skipped offline, corrupt files found, a model that beats chance."""
+import pytest
+
 from notebook_runner import run_notebook
 
 LESSON = 'lessons/02_production.ipynb'
+pytestmark = pytest.mark.notebook(LESSON)
 
 
 def test_lesson_runs_offline_on_the_sample():

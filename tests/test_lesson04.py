@@ -9,6 +9,7 @@ from course_utils.samples import build_mnist_sample
 from notebook_runner import run_notebook
 
 LESSON = 'lessons/04_mnist_basics.ipynb'
+USES_LESSON = pytest.mark.notebook(LESSON)
 
 
 @pytest.fixture(scope='module')
@@ -18,16 +19,19 @@ def lesson():
     return run
 
 
+@USES_LESSON
 def test_pixel_similarity_baseline_beats_chance(lesson):
     assert lesson.metric('accuracy_pixel_similarity') > 0.8
 
 
+@USES_LESSON
 @pytest.mark.parametrize('metric', ['accuracy_linear_scratch', 'accuracy_linear_learner',
                                     'accuracy_simple_net', 'accuracy_resnet18'])
 def test_trained_models_beat_090(lesson, metric):
     assert lesson.metric(metric) > 0.90
 
 
+@USES_LESSON
 def test_every_model_the_book_measures_is_reported_on_the_sample(lesson):
     rows = {r['metric']: r for r in lesson.results if r['lesson'] == '04_mnist_basics'}
     assert set(rows) == {m for lesson_name, m in BOOK if lesson_name == '04_mnist_basics'}

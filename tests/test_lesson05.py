@@ -4,11 +4,14 @@ The cross-entropy checks (by hand == `F.cross_entropy` == the learner's loss) an
 check (a click-following recommender concentrates exposure far more than one that explores) are
 asserts inside the notebooks, so a notebook that runs without error has passed them.
 """
+import pytest
+
 from notebook_runner import run_notebook
 
 CHANCE_ERROR_37 = 36 / 37  # guessing among 37 breeds
 
 
+@pytest.mark.notebook('lessons/05_pet_breeds.ipynb')
 def test_pet_breeds_runs_and_beats_chance():
     run = run_notebook('lessons/05_pet_breeds.ipynb')
     assert run.error is None, run.error
@@ -19,6 +22,7 @@ def test_pet_breeds_runs_and_beats_chance():
     assert errors['error_rate_discriminative'] < CHANCE_ERROR_37 - 0.2, errors
 
 
+@pytest.mark.notebook('lessons/05_ethics.ipynb')
 def test_ethics_runs():
     run = run_notebook('lessons/05_ethics.ipynb')
     assert run.error is None, run.error

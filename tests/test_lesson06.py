@@ -7,6 +7,9 @@ from course_utils.ledger import BOOK
 from notebook_runner import notebooks_fastai_home, run_notebook
 
 
+pytestmark = pytest.mark.notebook('lessons/06_multicat.ipynb')
+
+
 @pytest.fixture(scope='module')
 def run():
     run = run_notebook('lessons/06_multicat.ipynb')

@@ -10,6 +10,7 @@ from course_utils.samples import build_ml_100k, ml100k_sample_noise
 from notebook_runner import notebooks_fastai_home, run_notebook
 
 MODELS = ['mse_dotproductbias_wd', 'mse_collab_learner', 'mse_collab_nn']
+USES_LESSON = pytest.mark.notebook('lessons/08_collab.ipynb')
 
 
 @pytest.fixture(scope='module')
@@ -29,12 +30,14 @@ def read_ratings(path) -> pd.DataFrame:
     return pd.read_csv(path / 'u.data', delimiter='\t', header=None, names=['user', 'movie', 'rating', 'timestamp'])
 
 
+@USES_LESSON
 def test_reports_every_model_on_sample_data(run):
     reported = {r['metric']: r for r in run.results if r['lesson'] == '08_collab'}
     assert set(reported) == {m for lesson, m in BOOK if lesson == '08_collab'} >= set(MODELS)
     assert all(r['data'] == 'sample' for r in reported.values())
 
 
+@USES_LESSON
 @pytest.mark.parametrize('metric', MODELS)
 def test_models_approach_the_noise_floor(run, rating_variance, metric):
     noise = ml100k_sample_noise()

@@ -16,6 +16,7 @@ def test_notebook_runs(nb):
     assert run.error is None, f"{nb} failed:\n{run.error[-4000:]}"
 
 
+@pytest.mark.notebook('lessons/01_intro.ipynb')
 def test_lesson1_beats_chance():
     run = run_notebook('lessons/01_intro.ipynb')
     rows = [r for r in run.results if r['lesson'] == '01_intro']
