@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastai.vision.all import PILImage, Resize
-from course_utils.fastimage import skip_zero_padding
+from course_utils.fastimage.resize import skip_zero_padding
 
 rng = np.random.default_rng(0)
 imgs = [PILImage.create(np.clip(rng.normal(128, 40, (int(h), int(w), 3)), 0, 255).astype(np.uint8))

@@ -71,7 +71,7 @@ def sync(device):
 
 def make_dls(files, folder, cfg, args, workers):
     from fastai.vision.all import ImageDataLoaders, Resize
-    from course_utils.fastimage import FastImageDataLoaders
+    from course_utils.fastimage.data import FastImageDataLoaders
     cls = FastImageDataLoaders if cfg['fast'] else ImageDataLoaders
     # all cores: stock gets one worker per core (fastai's default, up to 16); the fast path is given no
     # number and picks its own (its workers only read files, so it starts few of them on a GPU)
@@ -204,7 +204,8 @@ def fastai_loop_syncs(cfg, args, steps: int, warmup: int) -> dict:
 def encoded_batches(files, cfg, args, n_batches: int, split_idx: int = 1) -> list:
     "`n_batches` batches of the first files as the fast loader's workers hand them over (bytes, and crop plans drawn as for `split_idx`: 1 validation, 0 training), for its decoder."
     from fastai.vision.all import Resize
-    from course_utils.fastimage import EncodedBatch, ReadImage, plan_crop
+    from course_utils.fastimage.core import ReadImage, plan_crop
+    from course_utils.fastimage.data import EncodedBatch
     bs, read = cfg['bs'], ReadImage()
     images = [read(f) for f in files[:bs * n_batches]]
     plans = [plan_crop(Resize(args.size), im.size, split_idx) for im in images]
@@ -212,14 +213,14 @@ def encoded_batches(files, cfg, args, n_batches: int, split_idx: int = 1) -> lis
 
 def cached_training_batches(files, cfg, args, n_batches: int) -> tuple:
     "Training batches (random crops) and a `DecodedCache` that a first pass over them has filled, as every epoch after the first finds it."
-    from course_utils.fastimage import DecodedCache
+    from course_utils.fastimage.cache import DecodedCache
     batches, cache = encoded_batches(files, cfg, args, n_batches, split_idx=0), DecodedCache(2**40)
     for b in batches: b.decode(cache)
     return batches, cache
 
 def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     "What one decode thread can deliver with nothing else running (images/s): nvJPEG alone, then with the crops and resizes, then training crops from a `DecodedCache` (every epoch after the first)."
-    from course_utils.fastimage import decode_jpegs
+    from course_utils.fastimage.core import decode_jpegs
     bs, batches = cfg['bs'], encoded_batches(files, cfg, args, n_batches + 1)
     train, cache = cached_training_batches(files, cfg, args, n_batches + 1)
     batches[0].decode()  # warm-up: decoder state, kernels

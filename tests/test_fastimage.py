@@ -19,7 +19,8 @@ from fastai.vision.all import (CategoryBlock, ConvLayer, CrossEntropyLossFlat, I
                                SkipItemException, error_rate, get_image_files, set_seed, using_attr)
 
 from course_utils.core import setup_course
-from course_utils.fastimage import FastImageBlock, FastImageDataLoaders, FastImageDL, ReadImage
+from course_utils.fastimage.core import ReadImage
+from course_utils.fastimage.data import FastImageBlock, FastImageDataLoaders, FastImageDL
 from course_utils.samples import build_pets
 
 
