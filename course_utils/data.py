@@ -30,7 +30,7 @@ __all__ = ['BEARS', 'dataset_name', 'archive_path', 'real_path', 'sample_path', 
 # %% ../nbs/01_data.ipynb #f5b2655d
 BEARS = 'bears'
 
-# %% ../nbs/01_data.ipynb #dfb1b4e8
+# %% ../nbs/01_data.ipynb #2cb06d91
 def dataset_name(url: str) -> str:
     "The folder name `untar_data` extracts `url` to, e.g. 'oxford-iiit-pet' for `URLs.PETS`."
     if url == BEARS: return BEARS
@@ -39,17 +39,17 @@ def dataset_name(url: str) -> str:
         if name.endswith(ext): return name[:-len(ext)]
     return name
 
-# %% ../nbs/01_data.ipynb #ef37c267
+# %% ../nbs/01_data.ipynb #63611c27
 def archive_path(url: str) -> Path:
     "Where fastai keeps the downloaded archive for `url`."
     return fastai_path('archive') / urldest(url, Path('.')).name
 
-# %% ../nbs/01_data.ipynb #a51c8440
+# %% ../nbs/01_data.ipynb #6add959c
 def real_path(url: str) -> Path:
     "Where fastai keeps the real, extracted data set for `url`."
     return fastai_path('data') / dataset_name(url)
 
-# %% ../nbs/01_data.ipynb #914c134f
+# %% ../nbs/01_data.ipynb #3fd88b09
 def sample_path(url: str) -> Path:
     "Where the local sample for `url` lives."
     return fastai_path('data').parent / 'samples' / dataset_name(url)
@@ -58,7 +58,7 @@ def sample_path(url: str) -> Path:
 class DataDownloadError(RuntimeError):
     "The real data set could not be downloaded or extracted."
 
-# %% ../nbs/01_data.ipynb #f2e25be6
+# %% ../nbs/01_data.ipynb #d7fd8ef9
 _BROKEN_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile, shutil.ReadError)
 
 def download_real(url: str, timeout: float = 30.0) -> Path:
@@ -87,7 +87,7 @@ def _server_answers(url: str) -> bool:
     u = urlparse(url)
     return bool(u.hostname) and online(u.hostname, u.port or (443 if u.scheme == 'https' else 80))
 
-# %% ../nbs/01_data.ipynb #c874becd
+# %% ../nbs/01_data.ipynb #05b2bbba
 def _build_sample(url: str) -> Path:
     "Build the sample for `url`, unless an up-to-date one is already there."
     dest = sample_path(url)
