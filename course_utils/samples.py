@@ -1,4 +1,4 @@
-"""Small, deterministic, learnable stand-ins for the course's data sets, built locally in exactly the layout and file formats of the real ones.
+"""Small, deterministic, learnable stand-ins for the course's data sets, in the real layouts and formats.
 
 Docs: https://pdl-course.github.io/pdl2020/samples.html.md"""
 
@@ -22,11 +22,13 @@ __all__ = ['PET_CATS', 'PET_DOGS', 'PET_BREEDS', 'PASCAL_CLASSES', 'BIWI_FOLDERS
 # %% ../nbs/02_samples.ipynb #26b97eef
 def _rng(seed: int) -> np.random.Generator: return np.random.default_rng(seed)
 
+# %% ../nbs/02_samples.ipynb #362d10f4
 def _hsv(h: float, s: float = 0.85, v: float = 0.9) -> tuple[int, int, int]:
     "An RGB colour from hue/saturation/value in [0, 1]."
     import colorsys
     return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
+# %% ../nbs/02_samples.ipynb #bd06c9af
 def _noisy_background(rng, w: int, h: int, base: tuple[int, int, int], spread: int = 25) -> Image.Image:
     "A smooth, slightly noisy background so images are not trivially flat."
     small = rng.normal(0, spread, (max(2, h // 16), max(2, w // 16), 3))
@@ -35,9 +37,11 @@ def _noisy_background(rng, w: int, h: int, base: tuple[int, int, int], spread: i
     fine = rng.normal(0, spread / 4, (h, w, 3))
     return Image.fromarray(np.clip(np.array(base, np.float32) + field + fine, 0, 255).astype(np.uint8))
 
+# %% ../nbs/02_samples.ipynb #03c3ddb5
 def _jitter(rng, c: tuple[int, int, int], amount: int = 12) -> tuple[int, int, int]:
     return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in c)
 
+# %% ../nbs/02_samples.ipynb #a2b58803
 def _save_jpeg(img: Image.Image, path: Path, quality: int = 90):
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, 'JPEG', quality=quality)
