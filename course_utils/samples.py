@@ -182,10 +182,12 @@ def build_pascal_2007(dest: Path, n_images: int = 480, seed: int = 42) -> Path:
 # %% ../nbs/02_samples.ipynb #01f26bcf
 BIWI_FOLDERS = ['01', '02', '03', '04', '05', '06', '07', '13']
 
+# %% ../nbs/02_samples.ipynb #01c08efb
 def _biwi_cal(rng) -> np.ndarray:
     f = rng.uniform(510, 525)
     return np.array([[f, 0, rng.uniform(315, 325)], [0, f, rng.uniform(235, 245)], [0, 0, 1]])
 
+# %% ../nbs/02_samples.ipynb #dffb7d93
 def build_biwi_head_pose(dest: Path, frames_per_folder: int = 40, seed: int = 42) -> Path:
     "BIWI_HEAD_POSE layout: `NN/frame_XXXXX_rgb.jpg`, `NN/frame_XXXXX_pose.txt`, `NN/rgb.cal`, `NN.obj`."
     rng, dest = _rng(seed), Path(dest)
