@@ -227,12 +227,15 @@ _ML_NOUN = ['River', 'City', 'Garden', 'Kingdom', 'Heart', 'Road', 'Island', 'Sh
             'Night', 'Dream', 'Mirror', 'Empire', 'Harbor', 'Promise', 'Letter', 'Journey', 'Machine', 'Planet',
             'Café', 'Señor', 'Fiancée', 'Détente', 'Tower', 'Stranger', 'Country', 'Horizon', 'Winter', 'Circus',
             'Valley', 'Ocean', 'Station', 'Hotel', 'Bridge', 'Forest', 'Frontier', 'Legend', 'Voyage', 'Garage']
+
+# %% ../nbs/02_samples.ipynb #838c7e3f
 _ML_GENRES = ['unknown', 'Action', 'Adventure', 'Animation', "Children's", 'Comedy', 'Crime', 'Documentary',
               'Drama', 'Fantasy', 'Film-Noir', 'Horror', 'Musical', 'Mystery', 'Romance', 'Sci-Fi', 'Thriller',
               'War', 'Western']
 
+# %% ../nbs/02_samples.ipynb #a62094f3
 def _ml100k_ratings(n_users: int, n_movies: int, n_ratings: int, n_factors: int, noise: float, seed: int):
-    "Ratings from known factors; returns (users, movies, ratings, expected ratings before noise)."
+    "Users, movies and ratings from known factors, the expected ratings before noise, and the rng."
     rng = _rng(seed)
     uf, mf = rng.normal(0, 0.55, (n_users, n_factors)), rng.normal(0, 0.55, (n_movies, n_factors))
     ub, mb = rng.normal(0, 0.35, n_users), rng.normal(0, 0.45, n_movies)
@@ -253,6 +256,7 @@ def _ml100k_ratings(n_users: int, n_movies: int, n_ratings: int, n_factors: int,
 # %% ../nbs/02_samples.ipynb #95ba58d0
 ML100K_SAMPLE = dict(n_users=300, n_movies=400, n_ratings=40_000, n_factors=5, noise=0.6, seed=42)
 
+# %% ../nbs/02_samples.ipynb #e54e27a0
 def build_ml_100k(dest: Path, **params) -> Path:
     "MovieLens 100k layout: `u.data`, `u.item` (latin-1), `u.user`, generated from known latent factors."
     p = {**ML100K_SAMPLE, **params}
@@ -275,6 +279,7 @@ def build_ml_100k(dest: Path, **params) -> Path:
     (dest / 'u.genre').write_text(''.join(f'{g}|{i}\n' for i, g in enumerate(_ML_GENRES)))
     return dest
 
+# %% ../nbs/02_samples.ipynb #870527eb
 def ml100k_sample_noise(**params) -> float:
     "Mean squared error of the true expected ratings against the sample's ratings: the floor for any model."
     users, movies, ratings, expected, _ = _ml100k_ratings(**{**ML100K_SAMPLE, **params})
