@@ -287,9 +287,10 @@ def ml100k_sample_noise(**params) -> float:
 
 # %% ../nbs/02_samples.ipynb #6f110cc9
 BEAR_TYPES = ['grizzly', 'black', 'teddy']
-_BEAR_FUR = {'grizzly': (140, 95, 55), 'black': (25, 25, 28), 'teddy': (225, 180, 110)}
 
 # %% ../nbs/02_samples.ipynb #56d7a632
+_BEAR_FUR = {'grizzly': (140, 95, 55), 'black': (25, 25, 28), 'teddy': (225, 180, 110)}
+
 def _draw_bear(rng, kind: str) -> Image.Image:
     w, h = int(rng.integers(220, 340)), int(rng.integers(170, 260))
     scene = {'grizzly': (110, 140, 90), 'black': (90, 125, 95), 'teddy': (200, 190, 215)}[kind]  # forest vs room
