@@ -329,6 +329,7 @@ def build_bears(dest: Path, n_per_type: int = 40, seed: int = 42) -> Path:
 # %% ../nbs/02_samples.ipynb #5c578257
 SAMPLES_VERSION = 2  # raise it whenever a builder changes, so that samples already built are built again
 
+# %% ../nbs/02_samples.ipynb #10877fbb
 SAMPLE_BUILDERS = {
     'oxford-iiit-pet': build_pets,
     'mnist_sample': build_mnist_sample,
