@@ -1,4 +1,4 @@
-"""The widgets behind the Voila apps in `nbs/apps/`: upload a picture, classify it with an exported model, show the picture, the label and every probability as a bar, and explain every failure in one friendly sentence.
+"""The widgets behind the Voila apps: upload a picture, see every label's probability, and a plain sentence when anything fails.
 
 Docs: https://pdl-course.github.io/pdl2020/app.html.md"""
 
@@ -25,9 +25,11 @@ __all__ = ['log', 'LIMITS_TEXT', 'message_html', 'result_html', 'ClassifierApp',
 # %% ../nbs/11_app.ipynb #8396cb71
 log = logging.getLogger(__name__)
 
+# %% ../nbs/11_app.ipynb #20166741
 LIMITS_TEXT = (f"JPEG, PNG, GIF, WebP, BMP or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB "
                f"and {MAX_PIXELS // 10**6} megapixels.")
 
+# %% ../nbs/11_app.ipynb #541b6fdc
 def message_html(kind: str, text: str) -> str:
     "A message for `.app-result`: `kind` is 'ok', 'error' or 'info'; `text` is escaped."
     colour = {'ok': '#1b5e20', 'error': '#b00020', 'info': '#444'}[kind]
@@ -51,7 +53,7 @@ def result_html(probs: Mapping[str, float], names: Mapping[str, str] | None = No
 
 # %% ../nbs/11_app.ipynb #eeca545f
 def _upload_from(value) -> tuple[str, bytes] | None:
-    "(name, bytes) of the uploaded file, None if there is none; `ImageInputError` if the widget state is malformed."
+    "(name, bytes) of the uploaded file, or None if there is none."
     if not value: return None
     f = value[0] if isinstance(value, (tuple, list)) else None
     content = f.get('content') if isinstance(f, Mapping) else None
@@ -60,6 +62,7 @@ def _upload_from(value) -> tuple[str, bytes] | None:
     name = f.get('name') if isinstance(f.get('name'), str) else 'the file'
     return name[:200], bytes(content)
 
+# %% ../nbs/11_app.ipynb #ad444d45
 def _thumbnail_png(im: Image.Image, size: int = 320) -> bytes:
     im = im.copy()
     im.thumbnail((size, size))
@@ -70,7 +73,12 @@ def _thumbnail_png(im: Image.Image, size: int = 320) -> bytes:
 # %% ../nbs/11_app.ipynb #175469d9
 class ClassifierApp:
     "Upload, Classify, the picture and the answer as bars; `.widget` is what to display."
-    def __init__(self, predictor: Predictor, title: str, intro: str = '', names: Mapping[str, str] | None = None):
+    def __init__(self,
+                 predictor: Predictor,                   # what classifies, e.g. from `load_predictor`
+                 title: str,                             # the page's heading
+                 intro: str = '',                        # the text under the heading
+                 names: Mapping[str, str] | None = None, # label -> the name to show for it (default: the label)
+                ):
         self.predictor, self.names = predictor, dict(names or {})
         self.upload = widgets.FileUpload(accept='image/*', multiple=False, description='Upload')
         self.upload.add_class('app-upload')
@@ -115,7 +123,12 @@ class ClassifierApp:
             self.show('error', 'Something went wrong while classifying this picture; please try another one.')
 
 # %% ../nbs/11_app.ipynb #9f8f9a2f
-def missing_model_html(name: str, folder: Path, problem: str | None = None, lesson: str | None = None) -> str:
+def missing_model_html(
+    name: str,                 # the app
+    folder: Path,              # where it looked for the model
+    problem: str | None = None, # what is wrong with the model there (None: there is none)
+    lesson: str | None = None, # the lesson that trains and exports the model
+) -> str:
     "What the page shows when there is no usable model: how to make one."
     why = (f'The model in <code>{html.escape(str(folder))}</code> cannot be used: {html.escape(problem)}' if problem
            else f'There is no model in <code>{html.escape(str(folder))}</code> yet.')
@@ -127,9 +140,16 @@ def missing_model_html(name: str, folder: Path, problem: str | None = None, less
             f'{html.escape(name)}</code>). Then reload this page, or run this notebook again. Set '
             f'<code>COURSE_MODELS</code> to keep models in another folder.</p></div>')
 
-def classifier_app(name: str, title: str, intro: str = '', names: Mapping[str, str] | None = None,
-                   lesson: str | None = None, threads: int = 1):
-    "The widget of the classifier app whose model lives in `app_model_dir(name)`, or an explanation of how to make it."
+# %% ../nbs/11_app.ipynb #1c39eb66
+def classifier_app(
+    name: str,                              # the app, whose model lives in `app_model_dir(name)`
+    title: str,                             # the page's heading
+    intro: str = '',                        # the text under the heading
+    names: Mapping[str, str] | None = None, # label -> the name to show for it (default: the label)
+    lesson: str | None = None,              # the lesson that trains and exports the model
+    threads: int = 1,                       # CPU threads per prediction
+):
+    "The widget of the classifier app called `name`, or a page that says how to make its model."
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # also refuse bombs in any other Pillow call this kernel makes
     folder = app_model_dir(name)
     try: predictor = load_predictor(folder, threads=threads)

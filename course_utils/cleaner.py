@@ -1,4 +1,4 @@
-"""fastai's `ImageClassifierCleaner` with thumbnails that show in today's JupyterLab and Voila, and `apply_cleaner` to carry the picks out on disk without ever overwriting a picture.
+"""fastai's image cleaner, made to show in today's JupyterLab, and a safe way to act on its picks.
 
 Docs: https://pdl-course.github.io/pdl2020/cleaner.html.md"""
 
@@ -28,15 +28,17 @@ def thumbnail(fn, height: int = 128, width: int = 256) -> ImageWidget:
     im.save(buf, 'PNG')
     return ImageWidget(value=buf.getvalue(), format='png', width=im.width, height=im.height)
 
+# %% ../nbs/05_cleaner.ipynb #89951b53
 class ImagesCleaner(fastai_widgets.ImagesCleaner):
-    "fastai's strip of pictures with a keep/delete/relabel menu under each, with thumbnails that render in ipywidgets 8."
+    "fastai's `ImagesCleaner`, with thumbnails that show in ipywidgets 8."
     def set_fns(self, fns):
         self.fns = L(fns)[:self.max_n]
         self.widget.children = [VBox([thumbnail(fn, self.height, self.width),
                                       Dropdown(options=self.opts, layout={'width': 'max-content'})]) for fn in self.fns]
 
+# %% ../nbs/05_cleaner.ipynb #d47ce6bf
 class ImageClassifierCleaner(fastai_widgets.ImageClassifierCleaner):
-    "fastai's cleaner (one category and split at a time, highest loss first) on the `ImagesCleaner` above."
+    "fastai's `ImageClassifierCleaner` on the `ImagesCleaner` above."
     def __init__(self, learn, **kwargs):
         super().__init__(learn, **kwargs)
         self.default = self.iw = ImagesCleaner(learn.dls.vocab, **kwargs)
@@ -60,10 +62,10 @@ def free_path(folder: Path, name: str) -> Path:
 # %% ../nbs/05_cleaner.ipynb #b2d59f0d
 @dataclass
 class CleanupResult:
-    "What `apply_cleaner` did: files deleted, files moved (from, to), and picked files that were already gone."
+    "What `apply_cleaner` did to the files."
     deleted: list[Path] = field(default_factory=list)
-    moved: list[tuple[Path, Path]] = field(default_factory=list)
-    missing: list[Path] = field(default_factory=list)
+    moved: list[tuple[Path, Path]] = field(default_factory=list)  # (from, to)
+    missing: list[Path] = field(default_factory=list)  # picked, but already gone
 
     def __str__(self):
         if not (self.deleted or self.moved or self.missing): return 'Nothing was selected in the cleaner: no file changed.'

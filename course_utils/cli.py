@@ -1,4 +1,4 @@
-"""`course list`, `course run 01_intro` and `course lab`: run the lessons without opening a browser, or open them in JupyterLab; `course make-model bears` and `course app bears`: make a model for an app and serve the app.
+"""The `course` command: list, run or open the lessons; make a model for an app and serve the app.
 
 Docs: https://pdl-course.github.io/pdl2020/cli.html.md"""
 
@@ -23,17 +23,19 @@ __all__ = ['APPS', 'repo_root', 'lessons', 'find_lesson', 'run_lesson', 'app_not
 
 # %% ../nbs/09_cli.ipynb #11ed10ac
 def repo_root(start: Path | None = None) -> Path:
-    "The checkout that holds `nbs/lessons` (the current folder or one above it, else the package's checkout)."
+    "The checkout that holds `nbs/lessons`."
     start = (start or Path.cwd()).resolve()
     package_checkout = Path(__file__).resolve().parent.parent if '__file__' in globals() else start
     for cand in [start, *start.parents, package_checkout]:
         if (cand / 'nbs' / 'lessons').is_dir(): return cand
     raise SystemExit("Cannot find the lessons (nbs/lessons): run `course` from inside the course's repository.")
 
+# %% ../nbs/09_cli.ipynb #67a08ff0
 def lessons(root: Path) -> list[Path]:
     "The lesson notebooks, in course order."
     return sorted((root / 'nbs' / 'lessons').glob('*.ipynb'))
 
+# %% ../nbs/09_cli.ipynb #7752c624
 def find_lesson(root: Path, name: str) -> Path:
     "The lesson whose file name starts with `name` (e.g. '01' or '01_intro')."
     hits = [p for p in lessons(root) if p.stem.startswith(name)]
@@ -52,8 +54,13 @@ def _printed(nb) -> str:
             elif o.get('output_type') == 'error': out.append('\n'.join(o.get('traceback', [])))
     return ''.join(out)
 
-def run_lesson(path: Path, out_dir: Path, timeout: int = 3600) -> int:
-    "Execute the notebook at `path`, print its output, save the executed copy in `out_dir`; 0 if it ran cleanly."
+# %% ../nbs/09_cli.ipynb #afed0a4c
+def run_lesson(
+    path: Path,          # the lesson's notebook
+    out_dir: Path,       # the folder for the executed copy
+    timeout: int = 3600, # seconds one cell may take
+) -> int:
+    "Execute the lesson at `path` and print its output; 0 if it ran cleanly."
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -72,35 +79,51 @@ def run_lesson(path: Path, out_dir: Path, timeout: int = 3600) -> int:
 # %% ../nbs/09_cli.ipynb #416437d1
 APPS = {'bears': 'bear_classifier.ipynb', 'pets': 'cat_or_dog.ipynb'}
 
+# %% ../nbs/09_cli.ipynb #38486b1c
 def app_notebook(root: Path, name: str) -> Path:
     "The notebook of the app called `name` ('bears' or 'pets')."
     if name not in APPS: raise SystemExit(f"No app called {name!r}; apps: {', '.join(APPS)}")
     return root / 'nbs' / 'apps' / APPS[name]
 
-def voila_command(root: Path, name: str, port: int, extra: list[str] | None = None) -> tuple[list[str], Path]:
-    "The command that serves the app called `name` on `port`, and the folder to run it in (where the apps' voila.py is)."
+# %% ../nbs/09_cli.ipynb #7b938480
+def voila_command(
+    root: Path,                     # the checkout, `repo_root()`
+    name: str,                      # the app, a key of `APPS`
+    port: int,
+    extra: list[str] | None = None, # more options for voila
+) -> tuple[list[str], Path]:
+    "The command that serves the app called `name` on `port`, and the folder to run it in."
     nb = app_notebook(root, name)
     # The `voila` script, not `python -m voila`: run from nbs/apps, `-m` would import the config file voila.py.
     cmd = [str(Path(sys.executable).with_name('voila')), nb.name, '--no-browser', f'--port={port}', '--Voila.port_retries=0', *(extra or [])]
     return cmd, nb.parent
 
+# %% ../nbs/09_cli.ipynb #88ca433c
 def serve_app(root: Path, name: str, port: int = 8866, extra: list[str] | None = None) -> int:
     "Serve the app called `name` with Voila on `port` until Ctrl+C."
     cmd, folder = voila_command(root, name, port, extra)
     print(f"Serving {app_notebook(root, name).name} at http://localhost:{port}/ (Ctrl+C stops it)", flush=True)
     return subprocess.call(cmd, cwd=folder)
 
+# %% ../nbs/09_cli.ipynb #208d42d5
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on right now."
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+# %% ../nbs/09_cli.ipynb #21df94b8
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send 127.0.0.1 to a proxy
 
 @contextlib.contextmanager
-def app_server(root: Path, name: str, env: dict | None = None, log: Path | None = None, timeout: float = 60):
-    "Serve the app called `name` on a free port of 127.0.0.1 in the background: yields its base URL once Voila serves, and stops Voila (with every kernel it started) afterwards."
+def app_server(
+    root: Path,              # the checkout, `repo_root()`
+    name: str,               # the app, a key of `APPS`
+    env: dict | None = None, # Voila's environment (default: ours)
+    log: Path | None = None, # the file for Voila's output (default: none kept)
+    timeout: float = 60,     # seconds to wait for Voila to serve
+):
+    "Serve the app called `name` on a free loopback port in the background; yields its base URL."
     port = free_port()
     cmd, folder = voila_command(root, name, port, ['--Voila.ip=127.0.0.1'])
     base, t0 = f'http://127.0.0.1:{port}', time.monotonic()

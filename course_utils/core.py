@@ -1,4 +1,4 @@
-"""One place that decides the environment: GPU or CPU, hosted notebook or laptop, network or not, sample or real data, pretrained weights or random ones.
+"""One place that decides the environment: device, network, data and weights.
 
 Docs: https://pdl-course.github.io/pdl2020/core.html.md"""
 
@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from fastai.callback.core import Callback
 
 # %% auto #0
 __all__ = ['platform_name', 'has_gpu', 'offline_forced', 'online', 'sample_requested', 'note_data_kind', 'using_sample_data',
@@ -40,12 +42,14 @@ def offline_forced() -> bool:
     "True when `COURSE_OFFLINE=1` asks us never to touch the network."
     return os.environ.get('COURSE_OFFLINE') == '1'
 
+# %% ../nbs/00_core.ipynb #ffdc9b07
 @lru_cache(maxsize=None)
 def _reachable(host: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
 
+# %% ../nbs/00_core.ipynb #41009194
 def online(host: str = 's3.amazonaws.com', port: int = 443, timeout: float = 3.0) -> bool:
     "Can we open a TCP connection to `host:port` within `timeout` seconds? (cached per host)"
     return not offline_forced() and _reachable(host, port, timeout)
@@ -53,15 +57,18 @@ def online(host: str = 's3.amazonaws.com', port: int = 443, timeout: float = 3.0
 # %% ../nbs/00_core.ipynb #0ae69b05
 _data_kinds: dict[str, str] = {}
 
+# %% ../nbs/00_core.ipynb #eac05eb2
 def sample_requested() -> bool:
     "True when `COURSE_SAMPLE=1` asks for sample data."
     return os.environ.get('COURSE_SAMPLE') == '1'
 
+# %% ../nbs/00_core.ipynb #11c46625
 def note_data_kind(name: str, kind: str):
     "Record that data set `name` is 'real' or 'sample' in this process."
     assert kind in ('real', 'sample'), kind
     _data_kinds[name] = kind
 
+# %% ../nbs/00_core.ipynb #f5abdcce
 def using_sample_data() -> bool:
     "True when any data set in use is a sample (or, before any is loaded, when samples were requested)."
     return 'sample' in _data_kinds.values() if _data_kinds else sample_requested()
@@ -82,8 +89,9 @@ def weights_file(arch) -> Path | None:
     except (ValueError, AttributeError, KeyError): return None
     return Path(torch.hub.get_dir()) / 'checkpoints' / url.rsplit('/', 1)[-1]
 
+# %% ../nbs/00_core.ipynb #57dcbc96
 def pretrained(arch, quiet: bool = False) -> bool:
-    "Should `arch` start from pretrained weights: real data in use, and weights cached or downloadable right now?"
+    "Should `arch` start from pretrained weights here and now?"
     name = getattr(arch, '__name__', arch)
     if using_sample_data():
         if not quiet: print(f"Note: on sample data, {name} starts from random weights, as the lessons' sample settings expect.")
@@ -97,14 +105,12 @@ def pretrained(arch, quiet: bool = False) -> bool:
 
 # %% ../nbs/00_core.ipynb #0254e84c
 def cpu_bf16_supported() -> bool:
-    "True when this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX) and `COURSE_CPU_BF16=0` does not turn it off."
+    "True when this CPU runs bfloat16 matrix maths natively and `COURSE_CPU_BF16=0` does not turn it off."
     import torch
     if os.environ.get('COURSE_CPU_BF16') == '0': return False
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 # %% ../nbs/00_core.ipynb #a527fe2f
-from fastai.callback.core import Callback
-
 class CPUSpeedup(Callback):
     "Channels-last layout and bf16 autocast for convolutional models trained on the CPU."
     order = 10  # where fastai's MixedPrecision sits: around the forward pass and the loss
@@ -134,6 +140,7 @@ class CPUSpeedup(Callback):
 # %% ../nbs/00_core.ipynb #2760a9f2
 @dataclass(frozen=True)
 class CourseEnv:
+    "What `setup_course` found out about the machine and the settings."
     platform: str
     gpu: bool
     sample_requested: bool
@@ -146,6 +153,7 @@ class CourseEnv:
         net = ', network off (COURSE_OFFLINE=1)' if self.offline_forced else ''
         return f"course_utils: {self.platform} · {device} · {data}{net}"
 
+# %% ../nbs/00_core.ipynb #afcfd70d
 def setup_course(verbose: bool = True) -> CourseEnv:
     "Detect the environment, tune fastai for it, and print a one-line summary."
     from fastai.torch_core import defaults

@@ -1,4 +1,4 @@
-"""`course_data(url)` gives the folder `untar_data(url)` would give: the real data set from fastai's cache or the internet, or else a local sample in the same layout.
+"""One call for every data set: fastai's cache, the real download, or a local sample.
 
 Docs: https://pdl-course.github.io/pdl2020/data.html.md"""
 
@@ -30,6 +30,7 @@ __all__ = ['BEARS', 'dataset_name', 'archive_path', 'real_path', 'sample_path', 
 # %% ../nbs/01_data.ipynb #f5b2655d
 BEARS = 'bears'
 
+# %% ../nbs/01_data.ipynb #2cb06d91
 def dataset_name(url: str) -> str:
     "The folder name `untar_data` extracts `url` to, e.g. 'oxford-iiit-pet' for `URLs.PETS`."
     if url == BEARS: return BEARS
@@ -38,14 +39,17 @@ def dataset_name(url: str) -> str:
         if name.endswith(ext): return name[:-len(ext)]
     return name
 
+# %% ../nbs/01_data.ipynb #63611c27
 def archive_path(url: str) -> Path:
     "Where fastai keeps the downloaded archive for `url`."
     return fastai_path('archive') / urldest(url, Path('.')).name
 
+# %% ../nbs/01_data.ipynb #6add959c
 def real_path(url: str) -> Path:
     "Where fastai keeps the real, extracted data set for `url`."
     return fastai_path('data') / dataset_name(url)
 
+# %% ../nbs/01_data.ipynb #3fd88b09
 def sample_path(url: str) -> Path:
     "Where the local sample for `url` lives."
     return fastai_path('data').parent / 'samples' / dataset_name(url)
@@ -54,10 +58,11 @@ def sample_path(url: str) -> Path:
 class DataDownloadError(RuntimeError):
     "The real data set could not be downloaded or extracted."
 
+# %% ../nbs/01_data.ipynb #d7fd8ef9
 _BROKEN_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, zipfile.BadZipFile, shutil.ReadError)
 
 def download_real(url: str, timeout: float = 30.0) -> Path:
-    "Download and extract `url` with fastai's `untar_data`; raise `DataDownloadError` with a clear message on failure."
+    "Download and extract `url` with fastai's `untar_data`, failing with a clear `DataDownloadError`."
     archive = archive_path(url)
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
@@ -82,10 +87,9 @@ def _server_answers(url: str) -> bool:
     u = urlparse(url)
     return bool(u.hostname) and online(u.hostname, u.port or (443 if u.scheme == 'https' else 80))
 
-def _has_files(p: Path) -> bool: return p.is_dir() and any(p.iterdir())
-
+# %% ../nbs/01_data.ipynb #05b2bbba
 def _build_sample(url: str) -> Path:
-    "Build the sample for `url` once, and again when the builders change; a half-built one (interrupted run) is rebuilt."
+    "Build the sample for `url`, unless an up-to-date one is already there."
     dest = sample_path(url)
     done = dest / '.complete'
     if done.exists() and done.read_text().strip() == str(SAMPLES_VERSION): return dest
@@ -101,6 +105,8 @@ def _build_sample(url: str) -> Path:
     return dest
 
 # %% ../nbs/01_data.ipynb #0729eb6a
+def _has_files(p: Path) -> bool: return p.is_dir() and any(p.iterdir())
+
 def course_data(url: str) -> Path:
     "Path to the data set `url` in `untar_data`'s layout: cached real data, a fresh download, or a local sample."
     name = dataset_name(url)

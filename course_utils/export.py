@@ -1,4 +1,4 @@
-"""`export_for_app(learn, dest)` saves a vision learner as weights (`model.safetensors`), an ONNX graph (`model.onnx`) and a JSON manifest that says how to rebuild and feed it, so an app can serve it without fastai and without unpickling.
+"""Save a vision learner as weights, an ONNX graph and a manifest, for apps that never unpickle.
 
 Docs: https://pdl-course.github.io/pdl2020/export.html.md"""
 
@@ -36,6 +36,7 @@ __all__ = ['ExportError', 'describe_model', 'describe_input', 'export_for_app', 
 class ExportError(ValueError):
     "The learner uses something `export_for_app` cannot save for the app's predictor."
 
+# %% ../nbs/07_export.ipynb #00d0a8e8
 def _head_layer(m: nn.Module) -> dict:
     if isinstance(m, AdaptiveConcatPool2d): return {'type': 'AdaptiveConcatPool2d', 'size': m.ap.output_size}
     if isinstance(m, nn.AdaptiveAvgPool2d): return {'type': 'AdaptiveAvgPool2d', 'size': m.output_size}
@@ -46,6 +47,7 @@ def _head_layer(m: nn.Module) -> dict:
     if isinstance(m, nn.Linear): return {'type': 'Linear', 'in_features': m.in_features, 'out_features': m.out_features, 'bias': m.bias is not None}
     raise ExportError(f"The model's head has a {type(m).__name__} layer, which the app's predictor cannot rebuild.")
 
+# %% ../nbs/07_export.ipynb #8f45dbee
 def describe_model(learn) -> dict:
     "Architecture name, body cut and head layers of a `vision_learner` with a torchvision ResNet body."
     arch = getattr(learn, 'arch', None)
@@ -90,6 +92,7 @@ def _versions() -> dict:
         except PackageNotFoundError: pass
     return out
 
+# %% ../nbs/07_export.ipynb #20543ef6
 def _check_classifier(learn) -> list[str]:
     if not isinstance(learn.loss_func, CrossEntropyLossFlat):
         raise ExportError(f"export_for_app saves single-label classifiers (CrossEntropyLossFlat); "
@@ -104,6 +107,7 @@ def _onnx_export_available() -> bool:
     from importlib.util import find_spec
     return all(find_spec(m) is not None for m in ('onnx', 'onnxscript'))
 
+# %% ../nbs/07_export.ipynb #c43f8c5a
 def _export_onnx(model: nn.Module, size: list[int], export_id: str, path: Path):
     example = torch.randn(2, 3, *size)
     program = torch.onnx.export(model, (example,), dynamic_shapes={'input': {0: torch.export.Dim('batch')}},
@@ -111,6 +115,7 @@ def _export_onnx(model: nn.Module, size: list[int], export_id: str, path: Path):
     program.model.metadata_props['export_id'] = export_id
     program.save(str(path))
 
+# %% ../nbs/07_export.ipynb #a062b4e6
 def _verify(model: nn.Module, tmp: Path, manifest: dict):
     "Both predictor backends must reproduce the learner's model on a random batch."
     x = torch.randn(2, 3, *manifest['input']['size'])
@@ -122,8 +127,12 @@ def _verify(model: nn.Module, tmp: Path, manifest: dict):
             raise ExportError(f"The {backend} predictor's outputs differ from the model's by {err:.2g} (relative); not saved.")
 
 # %% ../nbs/07_export.ipynb #1669f3bd
-def export_for_app(learn, dest, notes: dict | None = None) -> Path:
-    "Save `learn` for an app: `model.safetensors`, `model.onnx` and `manifest.json` in `dest`; returns `dest`."
+def export_for_app(
+    learn,                     # a single-label classifier made by `vision_learner` with a ResNet body
+    dest,                      # the folder to save in
+    notes: dict | None = None, # anything else worth keeping in the manifest, e.g. how the model was trained
+) -> Path:
+    "Save `learn` in `dest` as the three files an app's predictor loads; returns `dest`."
     from safetensors.torch import save_file
     dest = Path(dest)
     export_id = uuid.uuid4().hex
@@ -159,8 +168,15 @@ def cat_or_dog(path) -> str:
     "Label of a Pets picture: cat breeds are capitalised in the file names."
     return 'cat' if Path(path).name[0].isupper() else 'dog'
 
-def train_demo_model(kind: str = 'bears', dest=None, arch=None, size: int | None = None, epochs: int | None = None) -> Path:
-    "Train a small classifier on the bears or pets data (real if cached, else the sample) and `export_for_app` it."
+# %% ../nbs/07_export.ipynb #758c3a50
+def train_demo_model(
+    kind: str = 'bears',       # 'bears' or 'pets'
+    dest=None,                 # the folder to save in (default: where the apps look, `app_model_dir(kind)`)
+    arch=None,                 # a torchvision ResNet (default: resnet18)
+    size: int | None = None,   # the side of the square images, in pixels (default: `scale(224, sample=64)`)
+    epochs: int | None = None, # (default: `scale(4, sample=8)`)
+) -> Path:
+    "Train a small classifier on the bears or pets data and `export_for_app` it."
     from fastai.vision.all import (ImageDataLoaders, URLs, accuracy, get_image_files, parent_label, resnet18,
                                    set_seed, verify_image, vision_learner)
     from course_utils.core import pretrained, scale, setup_course, using_sample_data

@@ -14,8 +14,16 @@ import torch
 __all__ = ['plot_function']
 
 # %% ../nbs/06_plots.ipynb #5e196c72
-def plot_function(f, tx=None, ty=None, title=None, min=-2, max=2, figsize=(6, 4)):
-    "Plot `f` over `torch.linspace(min, max)`, with optional axis labels `tx`, `ty` and a `title`."
+def plot_function(
+    f,              # takes a tensor of x values, gives the y values
+    tx=None,        # the x axis's label
+    ty=None,        # the y axis's label
+    title=None,     # the figure's title
+    min=-2,         # the first x
+    max=2,          # the last x
+    figsize=(6, 4), # in inches
+):
+    "Plot `f` over `torch.linspace(min, max)` on a new figure."
     x = torch.linspace(min, max, 100)
     fig, ax = plt.subplots(figsize=figsize)
     ax.plot(x, f(x))

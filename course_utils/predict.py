@@ -1,4 +1,4 @@
-"""`load_predictor(model_dir)` loads a model saved by `export_for_app` (weights, manifest, ONNX graph) and classifies untrusted uploads safely, with the same probabilities as `learn.predict`, without importing fastai.
+"""Classify untrusted uploads with a model from `export_for_app`, without fastai and without unpickling.
 
 Docs: https://pdl-course.github.io/pdl2020/predict.html.md"""
 
@@ -21,29 +21,34 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # %% auto #0
 __all__ = ['MAX_UPLOAD_BYTES', 'MAX_PIXELS', 'FORMAT_VERSION', 'MANIFEST', 'WEIGHTS', 'ONNX_FILE', 'BODIES', 'ImageInputError',
            'ModelError', 'ModelNotFoundError', 'load_image', 'Preprocessing', 'read_manifest', 'preprocessing',
-           'build_model', 'Prediction', 'Predictor', 'onnxruntime_available', 'load_predictor', 'app_model_dir']
+           'build_model', 'onnxruntime_available', 'Prediction', 'Predictor', 'load_predictor', 'app_model_dir']
 
 # %% ../nbs/08_predict.ipynb #e493e37d
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_PIXELS = 50_000_000
+
+# %% ../nbs/08_predict.ipynb #01b98b2a
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
 WEIGHTS = 'model.safetensors'
 ONNX_FILE = 'model.onnx'
+
+# %% ../nbs/08_predict.ipynb #5c1615b9
 BODIES = {name: -2 for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}  # torchvision name -> cut
 
+# %% ../nbs/08_predict.ipynb #7a0d5029
 class ImageInputError(ValueError):
     "An upload we cannot classify. The message is meant for the person who sent it."
 
+# %% ../nbs/08_predict.ipynb #89bcb5a7
 class ModelError(RuntimeError):
     "A model folder that is missing, malformed, or inconsistent with itself."
 
+# %% ../nbs/08_predict.ipynb #2b6cec71
 class ModelNotFoundError(ModelError, FileNotFoundError):
     "No exported model in the folder we were pointed at."
 
 # %% ../nbs/08_predict.ipynb #0d2ed9f6
-_BAD_IMAGE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-
 def _megabytes(n: int) -> str: return f"{n / 1024 / 1024:.1f} MB"
 
 def _read_source(src, name: str, max_bytes: int) -> bytes:
@@ -61,11 +66,13 @@ def _read_source(src, name: str, max_bytes: int) -> bytes:
         raise ImageInputError(f"{name} is too large ({_megabytes(len(src))}); the limit is {_megabytes(max_bytes)}.")
     return src
 
+# %% ../nbs/08_predict.ipynb #e9b7dc5f
 def _upright(im: Image.Image) -> Image.Image:
     # EXIF is optional metadata: a broken orientation tag should not cost us a readable picture.
     try: return ImageOps.exif_transpose(im)
     except Exception: return im
 
+# %% ../nbs/08_predict.ipynb #8d3a7ee3
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode.startswith('I') or im.mode == 'F':  # 16/32-bit grey or float
         a = np.asarray(im)
@@ -79,8 +86,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == 'RGB' else im.convert('RGB')
 
 # %% ../nbs/08_predict.ipynb #53ff106d
-def load_image(src, name: str = 'The file', max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    "An upright RGB image from bytes, a path or a PIL image; `ImageInputError` with a friendly message otherwise."
+_BAD_IMAGE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+def load_image(
+    src,                               # bytes (an upload), a path or a PIL image
+    name: str = 'The file',            # how the messages call it, e.g. the uploaded file's name in quotes
+    max_bytes: int = MAX_UPLOAD_BYTES, # larger files are refused unread
+    max_pixels: int = MAX_PIXELS,      # larger pictures are refused before they are decoded
+) -> Image.Image:
+    "An upright RGB image from bytes, a path or a PIL image, or an `ImageInputError` that says what is wrong."
     if isinstance(src, Image.Image): im = src
     else:
         data = _read_source(src, name, max_bytes)
@@ -101,10 +115,11 @@ def load_image(src, name: str = 'The file', max_bytes: int = MAX_UPLOAD_BYTES, m
         raise ImageInputError(f"{name} looks like a corrupt or truncated image.") from None
 
 # %% ../nbs/08_predict.ipynb #4f4c8e79
-_NP_PAD = {'zeros': 'constant', 'border': 'edge', 'reflection': 'reflect'}
+_NP_PAD = {'zeros': 'constant', 'border': 'edge', 'reflection': 'reflect'}  # fastai's pad modes -> NumPy's
 
+# %% ../nbs/08_predict.ipynb #635140ce
 def _crop_pad(im: Image.Image, size, top_left, pad_mode: str = 'zeros', resize_to=None) -> Image.Image:
-    "Cut `size` (w, h) at `top_left` out of `im`, padding where it falls outside, then resize: fastai's `crop_pad`."
+    "fastai's `crop_pad`: cut `size` (w, h) at `top_left` out of `im`, padding outside it, then resize."
     (w, h), (sw, sh), (l, t) = im.size, size, top_left
     if l >= 0 or t >= 0 or l + sw <= w or t + sh <= h:
         im = im.crop((max(l, 0), max(t, 0), min(l + sw, w), min(t + sh, h)))
@@ -116,6 +131,7 @@ def _crop_pad(im: Image.Image, size, top_left, pad_mode: str = 'zeros', resize_t
             im = Image.fromarray(a)
     return im if resize_to is None else im.resize(tuple(resize_to), Image.BILINEAR)
 
+# %% ../nbs/08_predict.ipynb #fecbb06d
 def _center_crop(im: Image.Image, size) -> Image.Image:
     (w, h), (sw, sh) = im.size, size
     return _crop_pad(im, size, ((w - sw) // 2, (h - sh) // 2))
@@ -123,7 +139,7 @@ def _center_crop(im: Image.Image, size) -> Image.Image:
 # %% ../nbs/08_predict.ipynb #8a7bffc6
 @dataclass(frozen=True)
 class Preprocessing:
-    "How a model expects its input: fastai's validation-time `Resize`/`RandomResizedCrop`, `IntToFloatTensor`, `Normalize`."
+    "How a model expects its input, as fastai's validation-time transforms prepare it."
     size: tuple[int, int]                  # (height, width), as fastai's Resize takes it
     method: str = 'crop'                   # crop, pad, squish or random_resized_crop
     pad_mode: str = 'reflection'           # zeros, border or reflection (for pad)
@@ -187,13 +203,14 @@ def _check_manifest(m, path: Path) -> dict:
 
 # %% ../nbs/08_predict.ipynb #a974cf53
 def read_manifest(model_dir) -> dict:
-    "The checked manifest of the model in `model_dir`; `ModelNotFoundError`/`ModelError` with a clear message otherwise."
+    "The checked manifest of the model in `model_dir`."
     path = Path(model_dir) / MANIFEST
     if not path.is_file(): raise ModelNotFoundError(f"No exported model in {Path(model_dir)} (no {MANIFEST}).")
     try: m = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ModelError(f"{path} is not valid JSON ({e}).") from None
     return _check_manifest(m, path)
 
+# %% ../nbs/08_predict.ipynb #959ea333
 def preprocessing(manifest: dict) -> Preprocessing:
     "The `Preprocessing` a manifest describes."
     inp, norm = manifest['input'], manifest['input'].get('normalize')
@@ -236,6 +253,9 @@ def build_model(manifest: dict):
         except (KeyError, TypeError, ValueError) as e: raise ModelError(f"Bad head layer {l!r} in the manifest ({e}).") from None
     return nn.Sequential(body, nn.Sequential(*head)).eval()
 
+# %% ../nbs/08_predict.ipynb #f50f4afe
+def onnxruntime_available() -> bool: return importlib.util.find_spec('onnxruntime') is not None
+
 # %% ../nbs/08_predict.ipynb #db76915e
 def _weights_metadata(path: Path) -> dict:
     from safetensors import safe_open
@@ -243,6 +263,7 @@ def _weights_metadata(path: Path) -> dict:
         with safe_open(str(path), framework='numpy') as f: return f.metadata() or {}
     except Exception as e: raise ModelError(f"{path} is not a readable safetensors file ({e}).") from None
 
+# %% ../nbs/08_predict.ipynb #b0b80952
 def _machine_key() -> str:
     "Identifies this CPU's instruction sets: an ONNX graph optimised here may use them."
     import hashlib, platform
@@ -250,13 +271,15 @@ def _machine_key() -> str:
     except (OSError, StopIteration): flags = platform.processor()
     return hashlib.sha1(f'{platform.machine()} {flags}'.encode()).hexdigest()[:12]
 
+# %% ../nbs/08_predict.ipynb #5e2ba1cc
 def _optimized_cache(export_id: str) -> Path:
     import onnxruntime as ort
     root = Path(os.environ.get('XDG_CACHE_HOME', '~/.cache')).expanduser() / 'course_utils' / 'onnx'
     return root / f'{export_id}-ort{ort.__version__}-{_machine_key()}.onnx'
 
+# %% ../nbs/08_predict.ipynb #8a379b22
 def _session(path: Path, export_id: str, threads: int | None):
-    "An ONNX Runtime session; the fully optimised graph is cached per machine, which makes later loads ~3x faster."
+    "An ONNX Runtime session for `path`, optimised for this machine, from the cache when it holds the graph."
     import onnxruntime as ort
     def options(level):
         opts = ort.SessionOptions()
@@ -278,10 +301,12 @@ def _session(path: Path, export_id: str, threads: int | None):
     if tmp is not None and tmp.is_file(): os.replace(tmp, cached)
     return session
 
+# %% ../nbs/08_predict.ipynb #5df5aab5
 def _file_name(manifest: dict, key: str, default: str) -> str:
     "The name of the manifest's `key` file ('onnx' or 'weights'); empty when the export left it out."
     return manifest.get('files', {}).get(key, default)
 
+# %% ../nbs/08_predict.ipynb #dc443734
 def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
     name = _file_name(manifest, 'onnx', ONNX_FILE)
     if not name: raise ModelError(f"The model in {model_dir} was exported without an ONNX graph: use backend='torch'.")
@@ -298,6 +323,7 @@ def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
                          f"{len(manifest['vocab'])} labels for {manifest['input']['size']} images.")
     return lambda x: session.run(None, {inp.name: x})[0]
 
+# %% ../nbs/08_predict.ipynb #4250ee48
 def _torch_runner(model_dir: Path, manifest: dict, threads: int | None):
     import torch
     from safetensors.torch import load_file
@@ -316,16 +342,19 @@ def _torch_runner(model_dir: Path, manifest: dict, threads: int | None):
 # %% ../nbs/08_predict.ipynb #9cc49214
 @dataclass(frozen=True)
 class Prediction:
+    "What a classifier says about one picture."
     label: str
     probs: dict[str, float]  # every label, in the model's vocab order
 
     @property
     def confidence(self) -> float: return self.probs[self.label]
 
+# %% ../nbs/08_predict.ipynb #5b65457d
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
+# %% ../nbs/08_predict.ipynb #ec47d211
 class Predictor:
     "An exported image classifier: `predict(bytes | path | PIL image)` gives a `Prediction`."
     def __init__(self, manifest: dict, backend: str, run):
@@ -345,10 +374,12 @@ class Predictor:
     def __repr__(self): return f"Predictor({self.manifest['model']['arch']}, {self.vocab}, backend={self.backend!r})"
 
 # %% ../nbs/08_predict.ipynb #019224d6
-def onnxruntime_available() -> bool: return importlib.util.find_spec('onnxruntime') is not None
-
-def load_predictor(model_dir, backend: str | None = None, threads: int | None = None) -> Predictor:
-    "Load the model `export_for_app` saved in `model_dir`, on ONNX Runtime (default when installed) or PyTorch."
+def load_predictor(
+    model_dir,                  # the folder `export_for_app` saved the model in
+    backend: str | None = None, # 'onnx' or 'torch' (default: 'onnx' when there is a graph and ONNX Runtime to run it)
+    threads: int | None = None, # CPU threads per prediction (default: the backend's own choice)
+) -> Predictor:
+    "Load the model `export_for_app` saved in `model_dir`."
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     has_onnx = bool(_file_name(manifest, 'onnx', ONNX_FILE))

@@ -1,4 +1,4 @@
-"""Small, deterministic, learnable stand-ins for the course's data sets, built locally in exactly the layout and file formats of the real ones.
+"""Small, deterministic, learnable stand-ins for the course's data sets, in the real layouts and formats.
 
 Docs: https://pdl-course.github.io/pdl2020/samples.html.md"""
 
@@ -22,11 +22,13 @@ __all__ = ['PET_CATS', 'PET_DOGS', 'PET_BREEDS', 'PASCAL_CLASSES', 'BIWI_FOLDERS
 # %% ../nbs/02_samples.ipynb #26b97eef
 def _rng(seed: int) -> np.random.Generator: return np.random.default_rng(seed)
 
+# %% ../nbs/02_samples.ipynb #362d10f4
 def _hsv(h: float, s: float = 0.85, v: float = 0.9) -> tuple[int, int, int]:
     "An RGB colour from hue/saturation/value in [0, 1]."
     import colorsys
     return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
+# %% ../nbs/02_samples.ipynb #bd06c9af
 def _noisy_background(rng, w: int, h: int, base: tuple[int, int, int], spread: int = 25) -> Image.Image:
     "A smooth, slightly noisy background so images are not trivially flat."
     small = rng.normal(0, spread, (max(2, h // 16), max(2, w // 16), 3))
@@ -35,9 +37,11 @@ def _noisy_background(rng, w: int, h: int, base: tuple[int, int, int], spread: i
     fine = rng.normal(0, spread / 4, (h, w, 3))
     return Image.fromarray(np.clip(np.array(base, np.float32) + field + fine, 0, 255).astype(np.uint8))
 
+# %% ../nbs/02_samples.ipynb #03c3ddb5
 def _jitter(rng, c: tuple[int, int, int], amount: int = 12) -> tuple[int, int, int]:
     return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in c)
 
+# %% ../nbs/02_samples.ipynb #a2b58803
 def _save_jpeg(img: Image.Image, path: Path, quality: int = 90):
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, 'JPEG', quality=quality)
@@ -178,10 +182,12 @@ def build_pascal_2007(dest: Path, n_images: int = 480, seed: int = 42) -> Path:
 # %% ../nbs/02_samples.ipynb #01f26bcf
 BIWI_FOLDERS = ['01', '02', '03', '04', '05', '06', '07', '13']
 
+# %% ../nbs/02_samples.ipynb #01c08efb
 def _biwi_cal(rng) -> np.ndarray:
     f = rng.uniform(510, 525)
     return np.array([[f, 0, rng.uniform(315, 325)], [0, f, rng.uniform(235, 245)], [0, 0, 1]])
 
+# %% ../nbs/02_samples.ipynb #dffb7d93
 def build_biwi_head_pose(dest: Path, frames_per_folder: int = 40, seed: int = 42) -> Path:
     "BIWI_HEAD_POSE layout: `NN/frame_XXXXX_rgb.jpg`, `NN/frame_XXXXX_pose.txt`, `NN/rgb.cal`, `NN.obj`."
     rng, dest = _rng(seed), Path(dest)
@@ -221,12 +227,15 @@ _ML_NOUN = ['River', 'City', 'Garden', 'Kingdom', 'Heart', 'Road', 'Island', 'Sh
             'Night', 'Dream', 'Mirror', 'Empire', 'Harbor', 'Promise', 'Letter', 'Journey', 'Machine', 'Planet',
             'Café', 'Señor', 'Fiancée', 'Détente', 'Tower', 'Stranger', 'Country', 'Horizon', 'Winter', 'Circus',
             'Valley', 'Ocean', 'Station', 'Hotel', 'Bridge', 'Forest', 'Frontier', 'Legend', 'Voyage', 'Garage']
+
+# %% ../nbs/02_samples.ipynb #838c7e3f
 _ML_GENRES = ['unknown', 'Action', 'Adventure', 'Animation', "Children's", 'Comedy', 'Crime', 'Documentary',
               'Drama', 'Fantasy', 'Film-Noir', 'Horror', 'Musical', 'Mystery', 'Romance', 'Sci-Fi', 'Thriller',
               'War', 'Western']
 
+# %% ../nbs/02_samples.ipynb #a62094f3
 def _ml100k_ratings(n_users: int, n_movies: int, n_ratings: int, n_factors: int, noise: float, seed: int):
-    "Ratings from known factors; returns (users, movies, ratings, expected ratings before noise)."
+    "Users, movies and ratings from known factors, the expected ratings before noise, and the rng."
     rng = _rng(seed)
     uf, mf = rng.normal(0, 0.55, (n_users, n_factors)), rng.normal(0, 0.55, (n_movies, n_factors))
     ub, mb = rng.normal(0, 0.35, n_users), rng.normal(0, 0.45, n_movies)
@@ -247,6 +256,7 @@ def _ml100k_ratings(n_users: int, n_movies: int, n_ratings: int, n_factors: int,
 # %% ../nbs/02_samples.ipynb #95ba58d0
 ML100K_SAMPLE = dict(n_users=300, n_movies=400, n_ratings=40_000, n_factors=5, noise=0.6, seed=42)
 
+# %% ../nbs/02_samples.ipynb #e54e27a0
 def build_ml_100k(dest: Path, **params) -> Path:
     "MovieLens 100k layout: `u.data`, `u.item` (latin-1), `u.user`, generated from known latent factors."
     p = {**ML100K_SAMPLE, **params}
@@ -269,6 +279,7 @@ def build_ml_100k(dest: Path, **params) -> Path:
     (dest / 'u.genre').write_text(''.join(f'{g}|{i}\n' for i, g in enumerate(_ML_GENRES)))
     return dest
 
+# %% ../nbs/02_samples.ipynb #870527eb
 def ml100k_sample_noise(**params) -> float:
     "Mean squared error of the true expected ratings against the sample's ratings: the floor for any model."
     users, movies, ratings, expected, _ = _ml100k_ratings(**{**ML100K_SAMPLE, **params})
@@ -276,9 +287,10 @@ def ml100k_sample_noise(**params) -> float:
 
 # %% ../nbs/02_samples.ipynb #6f110cc9
 BEAR_TYPES = ['grizzly', 'black', 'teddy']
-_BEAR_FUR = {'grizzly': (140, 95, 55), 'black': (25, 25, 28), 'teddy': (225, 180, 110)}
 
 # %% ../nbs/02_samples.ipynb #56d7a632
+_BEAR_FUR = {'grizzly': (140, 95, 55), 'black': (25, 25, 28), 'teddy': (225, 180, 110)}
+
 def _draw_bear(rng, kind: str) -> Image.Image:
     w, h = int(rng.integers(220, 340)), int(rng.integers(170, 260))
     scene = {'grizzly': (110, 140, 90), 'black': (90, 125, 95), 'teddy': (200, 190, 215)}[kind]  # forest vs room
@@ -317,6 +329,7 @@ def build_bears(dest: Path, n_per_type: int = 40, seed: int = 42) -> Path:
 # %% ../nbs/02_samples.ipynb #5c578257
 SAMPLES_VERSION = 2  # raise it whenever a builder changes, so that samples already built are built again
 
+# %% ../nbs/02_samples.ipynb #10877fbb
 SAMPLE_BUILDERS = {
     'oxford-iiit-pet': build_pets,
     'mnist_sample': build_mnist_sample,

@@ -1,4 +1,4 @@
-"""An image search on DuckDuckGo (no API key) that paces its requests, retries when asked to slow down, reports failures per term, and falls back to the offline sample when there is no network.
+"""A polite image search on DuckDuckGo that reports failures per term and falls back to a sample offline.
 
 Docs: https://pdl-course.github.io/pdl2020/search.html.md"""
 
@@ -24,6 +24,7 @@ __all__ = ['ImageBackend', 'SEARCH_HOST', 'ddgs_images', 'SearchError', 'SearchR
 # %% ../nbs/04_search.ipynb #f4ea450f
 ImageBackend = Callable[[str, int], list]
 
+# %% ../nbs/04_search.ipynb #02c13968
 def ddgs_images(term: str, max_results: int) -> list[dict]:
     "DuckDuckGo image results for `term` (dicts with an 'image' URL), through the `ddgs` package."
     from ddgs import DDGS
@@ -43,6 +44,7 @@ def _transient(e: Exception) -> bool:
     msg = f'{type(e).__name__} {e}'.lower()
     return any(h in msg for h in _TRANSIENT_HINTS)
 
+# %% ../nbs/04_search.ipynb #d3bc063a
 def _image_urls(results: list, limit: int) -> list[str]:
     "The distinct 'image' URLs in `results`, in order, at most `limit`."
     urls = dict.fromkeys(r['image'] for r in results if isinstance(r, dict) and r.get('image'))
@@ -52,6 +54,7 @@ def _image_urls(results: list, limit: int) -> list[str]:
 class SearchError(RuntimeError):
     "An image search for one term failed; the message says why and what to do."
 
+# %% ../nbs/04_search.ipynb #69db7712
 @dataclass
 class SearchReport:
     "What a search for several terms gave: the URLs per term, and a message per term that failed."
@@ -68,9 +71,15 @@ class SearchReport:
 
 # %% ../nbs/04_search.ipynb #5235f553
 class ImageSearch:
-    "Image search through `backend` with at least `min_interval` s between requests and `retries` retries on rate limits."
-    def __init__(self, backend: ImageBackend = ddgs_images, min_interval: float = 2.0, retries: int = 3,
-                 backoff: float = 5.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    "Image search through `backend`, with pacing and with retries on rate limits."
+    def __init__(self,
+                 backend: ImageBackend = ddgs_images,          # gives the results for a term (see `ImageBackend`)
+                 min_interval: float = 2.0,                    # the fewest seconds between two requests
+                 retries: int = 3,                             # how often a refused request is tried again
+                 backoff: float = 5.0,                         # seconds to wait after the first refusal; doubles each time
+                 clock: Callable[[], float] = time.monotonic,  # the time now, in seconds
+                 sleep: Callable[[float], None] = time.sleep,  # waits a number of seconds
+                ):
         self.backend, self.min_interval, self.retries, self.backoff = backend, min_interval, retries, backoff
         self.clock, self.sleep = clock, sleep
         self._last_request: float | None = None
@@ -108,6 +117,9 @@ def search_images(term: str, max_results: int = 150) -> list[str]:
     return ImageSearch().urls(term, max_results)
 
 # %% ../nbs/04_search.ipynb #1242eafd
+SEARCH_HOST = ('duckduckgo.com', 443)
+
+# %% ../nbs/04_search.ipynb #9d27a92a
 def _skip_reason(host: tuple[str, int]) -> str | None:
     "Why we should not search right now (None: go ahead)."
     if sample_requested(): return 'COURSE_SAMPLE=1'
@@ -115,17 +127,21 @@ def _skip_reason(host: tuple[str, int]) -> str | None:
     if not online(*host): return f'{host[0]} does not answer'
     return None
 
+# %% ../nbs/04_search.ipynb #b0ae84b2
 def _fall_back(fallback: str | None, what_happened: str) -> Path:
     if fallback is None: raise SearchError(f"{what_happened}, and no fallback data set was given.")
     print(f"{what_happened}: using the {fallback} data set instead.")
     return course_data(fallback)
 
 # %% ../nbs/04_search.ipynb #92c404b5
-SEARCH_HOST = ('duckduckgo.com', 443)
-
-def gather_images(dest, queries: dict[str, str], max_results: int = 150, fallback: str | None = None,
-                  search: ImageSearch | None = None) -> Path:
-    "Search for each query of `queries` (label -> search terms) and download the images to `dest/<label>`."
+def gather_images(
+    dest,                              # the folder to fill, one subfolder per label
+    queries: dict[str, str],           # label -> search terms
+    max_results: int = 150,            # the most images to download per label
+    fallback: str | None = None,       # the data set `course_data` gives when there are no images to search for
+    search: ImageSearch | None = None, # the search to use (default: `ImageSearch()`)
+) -> Path:
+    "Search for each of `queries` and download the images to `dest/<label>`."
     dest = Path(dest)
     if not sample_requested() and dest.is_dir() and (n := len(get_image_files(dest))):
         print(f"{dest} already holds {n} images: using them (delete the folder to search again).")

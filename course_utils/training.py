@@ -1,4 +1,4 @@
-"""`fast_training(learn)`: PyTorch's AdamW with fastai's settings, the running loss kept on the GPU, a progress bar that does not wait for it, and the mixed precision the GPU computes natively; `RefreshBatchNormStats` for short runs from random weights at large batches.
+"""fastai's training at the pace of a plain PyTorch loop on a GPU, and BatchNorm statistics fit for short runs.
 
 Docs: https://pdl-course.github.io/pdl2020/training.html.md"""
 
@@ -22,19 +22,21 @@ __all__ = ['torch_adamw', 'SmoothLossOnDevice', 'KeepLossOnDevice', 'LazyLossPro
 
 # %% ../nbs/12_training.ipynb #b7e0c1a1
 def torch_adamw(params, **kwargs) -> OptimWrapper:
-    "A fastai `opt_func`: PyTorch's AdamW, which updates all parameters with a few multi-tensor kernels, with fastai's `Adam` defaults."
+    "A fastai `opt_func`: PyTorch's AdamW with fastai's `Adam` defaults."
     # fastai's Adam: squared-gradient momentum 0.99 and eps 1e-5, where PyTorch's defaults are 0.999 and 1e-8
     return OptimWrapper(params, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5), **kwargs)
 
+# %% ../nbs/12_training.ipynb #5b56d64e
 class SmoothLossOnDevice(AvgSmoothLoss):
-    "fastai's running training loss, kept on the device of the loss instead of being copied to the CPU at every step."
+    "fastai's running training loss, kept on the loss's device."
     def accumulate(self, learn):
         self.count += 1
         loss = learn.loss.detach().float().mean()
         self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
 
+# %% ../nbs/12_training.ipynb #832e8374
 class KeepLossOnDevice(Callback):
-    "Record the running training loss with `SmoothLossOnDevice`; the loss history goes to the CPU once, after each fit."
+    "Record the running training loss with `SmoothLossOnDevice`."
     order = Recorder.order + 1
     def before_fit(self):
         if hasattr(self.learn, 'recorder'): self.recorder.smooth_loss = SmoothLossOnDevice(self.recorder.smooth_loss.beta)
@@ -42,8 +44,9 @@ class KeepLossOnDevice(Callback):
         r = getattr(self.learn, 'recorder', None)
         if r is not None and r.losses: r.losses = list(torch.stack(list(r.losses)).cpu().unbind())
 
+# %% ../nbs/12_training.ipynb #ff9ad570
 class LazyLossProgress(ProgressCallback):
-    "fastai's progress bar, but it reads the running loss (and so waits for the GPU) only when it redraws, not at every step."
+    "fastai's progress bar, reading the running loss only when it redraws."
     @property
     def name(self): return 'progress'  # so that `learn.progress` and `learn.no_bar()` find it as they find fastai's
     def after_batch(self):
@@ -51,13 +54,18 @@ class LazyLossProgress(ProgressCallback):
         redrawn = self.pbar.last_v == self.iter + 1
         if redrawn and hasattr(self, 'smooth_loss'): self.pbar.comment = f'{self.smooth_loss.item():.4f}'
 
+# %% ../nbs/12_training.ipynb #b45e0739
 def gpu_amp_mode() -> str:
-    "Mixed precision for the current GPU: 'bf16' where it computes in bf16 natively (NVIDIA Ampere and later), else 'fp16'."
+    "Mixed precision for the current GPU: 'bf16' where it computes in bf16 natively, else 'fp16'."
     # PyTorch's is_bf16_supported() also says yes where bf16 is only emulated (a T4, a V100), which is slow
     return 'bf16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'fp16'
 
-def fast_training(learn: Learner, precision: str = 'auto') -> Learner:
-    "On a CUDA GPU: PyTorch's AdamW, the running loss kept on the GPU (also by the progress bar), and mixed precision with channels_last: `precision` is 'auto' (`gpu_amp_mode`), 'bf16', 'fp16' or 'fp32' (none)."
+# %% ../nbs/12_training.ipynb #215777ae
+def fast_training(
+    learn: Learner,
+    precision: str = 'auto', # 'auto' (`gpu_amp_mode`), 'bf16', 'fp16' or 'fp32' (no mixed precision)
+) -> Learner:
+    "On a CUDA GPU, switch `learn` to all of the settings above; elsewhere, leave it as it is."
     if precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise ValueError(f"precision={precision!r}: use 'auto', 'bf16', 'fp16' or 'fp32'")
     if getattr(learn.dls, 'device', None) is None or torch.device(learn.dls.device).type != 'cuda': return learn
     learn.opt_func, learn.opt = torch_adamw, None  # the optimizer is made again, with AdamW, at the next fit
@@ -69,7 +77,7 @@ def fast_training(learn: Learner, precision: str = 'auto') -> Learner:
 
 # %% ../nbs/12_training.ipynb #d3c0a009
 class RefreshBatchNormStats(Callback):
-    "At the end of each fit's training, before its last validation: recompute every BatchNorm layer's running statistics as the plain average over the last `n_batches` training batches (weights unchanged)."
+    "Recompute BatchNorm's running statistics from the last `n_batches` training batches of each fit."
     def __init__(self, n_batches: int = 8): self.n_batches = n_batches
     def before_fit(self): self.kept = []
     def after_batch(self):
