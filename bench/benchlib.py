@@ -1,13 +1,15 @@
 """What the benchmarks share: timing that waits for the device, ratios, where results go, fastai loaders
-that serve one resident batch.
+that serve one resident batch, and a headless Chromium that reaches only this machine.
 
 The scripts import the installed package (`pip install -e .`, as the quick start does) and this module
-from their own folder; torch and fastai are imported where they are used, so `--help` is quick.
+from their own folder; torch, fastai and Playwright are imported where they are used, so `--help` is quick.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -84,3 +86,19 @@ def resident_dls(x, y, n_batches: int, device):
             for _ in range(len(self)): yield x, y
     return DataLoaders(Resident(range(n_batches), bs=1), Resident(range(1), bs=1), device=device)
 
+
+# ------------------------------------------------------------------------------------------- browser
+# The app tests keep their own copy of these three settings in tests/browser.py: neither folder imports the other.
+CHROMIUM = os.environ.get('CHROMIUM_PATH', '/usr/bin/chromium')
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+NOT_LOOPBACK = re.compile(r'^https?://(?!127\.0\.0\.1[:/])')
+
+@contextlib.asynccontextmanager
+async def loopback_chromium(profile: Path):
+    "A headless Chromium context (Playwright, async) with a fresh `profile` folder, whose pages may reach 127.0.0.1 and nothing else."
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        ctx = await p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        await ctx.route(NOT_LOOPBACK, lambda route: route.abort())
+        try: yield ctx
+        finally: await ctx.close()
