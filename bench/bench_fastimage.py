@@ -1,18 +1,19 @@
 """Stock fastai images vs course_utils.fastimage, in one run: data-only speed, fine_tune(1) wall time,
 the model-only ceiling, and final error rates, on synthetic photo-like JPEGs at Oxford-IIIT Pets scale.
 
-    python bench/bench_fastimage.py                 # GPU if there is one; 7,390 images
-    python bench/bench_fastimage.py --quick         # small CPU run (2 cores: a few minutes)
+    .venv/bin/python bench/bench_fastimage.py                  # GPU if there is one; 7,390 images
+    .venv/bin/python bench/bench_fastimage.py --quick          # small CPU run (2 cores: a few minutes)
+    .venv/bin/python bench/bench_fastimage.py --check-settings # each configuration's learner settings, as JSON
 
 Writes bench_fastimage.json and bench_fastimage.md to --out (default bench/results/).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,8 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+from benchlib import RESULTS_DIR, Stopwatch, ratio, resident_dls, seconds_per_call, step_timer, write_report
 
 PETS_IMAGES = 7390
 
@@ -65,10 +65,6 @@ def make_images(n: int, seed: int, cache: Path, workers: int) -> Path:
 # ------------------------------------------------------------------------------------------ measures
 def is_cat(name): return name[0].isupper()
 
-def sync(device):
-    import torch
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
 def make_dls(files, folder, cfg, args, workers):
     from fastai.vision.all import ImageDataLoaders, Resize
     from course_utils.fastimage.data import FastImageDataLoaders
@@ -88,10 +84,9 @@ def data_only(files, folder, cfg, args, workers) -> dict:
     dls = make_dls(files, folder, cfg, args, workers)
     cfg.setdefault('workers_used', {})[str(workers)] = dls.train.fake_l.num_workers
     def one_pass():
-        n, t0 = 0, time.perf_counter()
+        n, watch = 0, Stopwatch(args.device).start()
         for xb, yb in dls.train: n += len(yb)
-        sync(args.device)
-        return n / (time.perf_counter() - t0)
+        return n / watch.stop()
     res = dict(data_img_s=one_pass())
     if decoded_cache(dls.train) is not None: res['data_img_s_cached'] = one_pass()
     return res
@@ -106,31 +101,34 @@ def apply_settings(learn, cfg, args):
     if cfg.get('refresh_bn'): learn.add_cb(RefreshBatchNormStats())
     return learn
 
+def make_learner(dls, cfg, args, cbs=None):
+    "Lesson 1's `vision_learner` (two classes, random weights) with the learner side of `cfg`."
+    from fastai.vision.all import error_rate, vision_learner
+    return apply_settings(vision_learner(dls, args.arch_fn, n_out=2, metrics=error_rate, pretrained=False, cbs=cbs), cfg, args)
+
 def fine_tune(files, folder, cfg, args, workers) -> dict:
     "Wall time of `fine_tune(1)` as lesson 1 runs it, the unfrozen epoch's training speed, and the final error rate."
-    from fastai.vision.all import Callback, error_rate, set_seed, vision_learner
+    from fastai.vision.all import Callback, set_seed
     class TrainSpeed(Callback):
         "Training images/s per epoch: over the whole epoch, and from the end of its first batch (workers started, shapes tuned)."
         order = -10  # its after_train before RefreshBatchNormStats's, whose forward passes are no training steps
         def before_fit(self): self.speeds, self.steady = getattr(self, 'speeds', []), getattr(self, 'steady', [])
-        def before_train(self): sync(args.device); self.n, self.t0, self.first = 0, time.perf_counter(), None
+        def before_train(self): self.n, self.epoch_watch, self.first = 0, Stopwatch(args.device).start(), None
         def after_batch(self):
             if not self.training: return
             self.n += len(self.yb[0])
-            if self.first is None: sync(args.device); self.first = (self.n, time.perf_counter())
+            if self.first is None: self.first, self.steady_watch = self.n, Stopwatch(args.device).start()
         def after_train(self):
-            sync(args.device); t = time.perf_counter()
-            self.speeds.append(self.n / (t - self.t0))
-            self.steady.append((self.n - self.first[0]) / (t - self.first[1]) if self.n > self.first[0] else float('nan'))
+            self.speeds.append(self.n / self.epoch_watch.stop())
+            steady_s = self.steady_watch.stop()
+            self.steady.append((self.n - self.first) / steady_s if self.n > self.first else float('nan'))
     set_seed(42)
     dls = make_dls(files, folder, cfg, args, workers)
     speed = TrainSpeed()
-    learn = apply_settings(vision_learner(dls, args.arch_fn, metrics=error_rate, pretrained=False, cbs=speed), cfg, args)
+    learn = make_learner(dls, cfg, args, cbs=speed)
     with learn.no_logging(), learn.no_bar():
-        sync(args.device); t0 = time.perf_counter()
-        learn.fine_tune(1)
-        sync(args.device); seconds = time.perf_counter() - t0
-        checks = error_checks(learn)
+        with Stopwatch(args.device) as watch: learn.fine_tune(1)
+        seconds, checks = watch.seconds, error_checks(learn)
     cache = decoded_cache(dls.train)
     kept = dict(cache_hits=cache.hits, cache_misses=cache.misses, cache_gib=cache.nbytes / 2**30) if cache is not None else {}
     return dict(seconds=seconds, train_img_s_unfrozen=speed.speeds[-1], train_img_s_unfrozen_steady=speed.steady[-1],
@@ -151,45 +149,37 @@ def error_checks(learn) -> dict:
     with learn.added_cbs(BatchStatsBN()): res['error_rate_batch_stats'] = float(learn.validate()[1])  # changes BN stats: last
     return res
 
-def resident_dls(x, y, n_batches: int, device):
-    "fastai DataLoaders whose training loader serves the batch (x, y) `n_batches` times, with no loader work at all."
-    from fastai.vision.all import DataLoader, DataLoaders
-    class Resident(DataLoader):
-        def __iter__(self):
-            for _ in range(len(self)): yield x, y
-    return DataLoaders(Resident(range(n_batches), bs=1), Resident(range(1), bs=1), device=device)
+@contextlib.contextmanager
+def sync_warnings():
+    "CUDA's sync-warning mode: whatever makes Python wait for the GPU warns while it lasts."
+    import torch
+    torch.cuda.set_sync_debug_mode('warn')
+    try: yield
+    finally: torch.cuda.set_sync_debug_mode('default')
 
 def _loop_learner(cfg, args, steps: int, warmup: int, audit: bool = False):
-    "A learner whose `fit(1)` runs fastai's loop on one batch already on the device, again and again (no loader work at all), timing the steps after `warmup` (`learn.timer.speed`: images/s); with `audit`, those steps run in CUDA's sync-warning mode."
+    "A learner whose `fit(1)` runs fastai's loop on one batch already on the device, again and again (no loader work at all), and the `step_timer` of the steps after `warmup`; with `audit`, those steps run in CUDA's sync-warning mode."
     import torch
-    from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, create_vision_model
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, create_vision_model
     size = cfg.get('size', args.size)
     x = torch.randn(cfg['bs'], 3, size, size, device=args.device)
     y = torch.randint(0, 2, (cfg['bs'],), device=args.device)
-    class Timer(Callback):
-        order = 100
-        def after_batch(self):
-            if self.iter == warmup - 1:
-                sync(args.device); self.t0 = time.perf_counter()
-                if audit: torch.cuda.set_sync_debug_mode('warn')
-        def after_train(self):
-            if audit: torch.cuda.set_sync_debug_mode('default')
-            sync(args.device); self.speed = (self.n_iter - warmup) * cfg['bs'] / (time.perf_counter() - self.t0)
+    timer = step_timer(warmup, args.device, during=sync_warnings if audit else None)
     dls = resident_dls(x, y, warmup + steps, args.device)
     cfg = {**cfg, 'refresh_bn': False}  # the training steps alone
     return apply_settings(Learner(dls, create_vision_model(args.arch_fn, 2, pretrained=False), loss_func=CrossEntropyLossFlat(),
-                                  cbs=Timer()), cfg, args)
+                                  cbs=timer), cfg, args), timer
 
 def fastai_loop(cfg, args, steps: int, warmup: int) -> float:
     "fastai's `Learner.fit` on one batch already on the device, served again and again: images/s."
-    learn = _loop_learner(cfg, args, steps, warmup)
+    learn, timer = _loop_learner(cfg, args, steps, warmup)
     with learn.no_logging(), learn.no_bar(): learn.fit(1)
-    return learn.timer.speed
+    return timer.steps * cfg['bs'] / timer.seconds
 
 def fastai_loop_syncs(cfg, args, steps: int, warmup: int) -> dict:
     "Where fastai's loop makes Python wait for the GPU: call sites and how often per step (CUDA only)."
     import traceback, warnings
-    learn = _loop_learner(cfg, args, steps, warmup, audit=True)
+    learn, _ = _loop_learner(cfg, args, steps, warmup, audit=True)
     sites = {}
     def record(message, category, filename, lineno, file=None, line=None):
         if 'synchroniz' not in str(message): return
@@ -228,9 +218,9 @@ def decode_capacity(files, cfg, args, n_batches: int = 12) -> dict:
     for name, work, todo in (('decode', lambda b: decode_jpegs([b.blob[slice(*s)] for s in b.slots], args.device), batches[1:]),
                              ('decode_crop_resize', lambda b: b.decode(), batches[1:]),
                              ('training_crops_from_cache', lambda b: b.decode(cache), train[1:])):
-        sync(args.device); t0 = time.perf_counter()
-        for b in todo: work(b)
-        sync(args.device); res[name] = len(todo) * bs / (time.perf_counter() - t0)
+        with Stopwatch(args.device) as watch:
+            for b in todo: work(b)
+        res[name] = len(todo) * bs / watch.seconds
     return res
 
 class DecodingAlongside:
@@ -254,12 +244,12 @@ class DecodingAlongside:
         import threading
         self.stop, self.room, self.n = threading.Event(), threading.Semaphore(self.ahead), 0
         self.thread = threading.Thread(target=self._work, daemon=True)
-        self.t0 = time.perf_counter(); self.thread.start()
+        self.watch = Stopwatch().start(); self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set(); self.thread.join()
-        self.img_s = self.n / (time.perf_counter() - self.t0)
+        self.img_s = self.n / self.watch.stop()
 
 def ceilings_with_decoding(files, cfg, args, steps: int, warmup: int) -> dict:
     "The raw loop while a thread decodes a batch for each of its steps on the same GPU, then while it makes training crops from a cache (images/s of each)."
@@ -289,19 +279,12 @@ def ceiling(cfg, args, steps: int, warmup: int, alongside=None) -> float:
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
     for _ in range(warmup): step()
-    import contextlib
-    with alongside if alongside is not None else contextlib.nullcontext():
-        sync(args.device); t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-            if alongside is not None: alongside.taken()
-        sync(args.device)
-        return steps * cfg['bs'] / (time.perf_counter() - t0)
+    if alongside is None: return cfg['bs'] / seconds_per_call(step, steps, args.device)
+    def step_and_tell(): step(); alongside.taken()
+    with alongside: return cfg['bs'] / seconds_per_call(step_and_tell, steps, args.device)
 
 
 # ------------------------------------------------------------------------------------------- report
-def ratio(a, b): return a / b if b else float('nan')
-
 def markdown(res: dict) -> str:
     m, r = res['meta'], res['results']
     lines = [f"# Fast images vs stock fastai ({m['device_name']})", '',
@@ -390,14 +373,50 @@ def markdown(res: dict) -> str:
     lines += ['', f"Total run time {m['total_s']:.0f} s (image generation {m['generate_s']:.0f} s)."]
     return '\n'.join(lines) + '\n'
 
+# ------------------------------------------------------------------------------------- configurations
+def configurations(args, gpu: bool) -> dict:
+    "Every configuration the run measures, by the name its results carry: the loader side (`fast`, `bs`, `dl_kwargs`) and the learner side (`training`, `precision`, `fused`, `refresh_bn`: see `apply_settings`)."
+    from course_utils.training import gpu_amp_mode
+    stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
+    fast = dict(fast=True, bs=args.fast_bs or (256 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
+                training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)},
+                refresh_bn=True)  # a short run from random weights, what RefreshBatchNormStats is for (harmless at any batch size)
+    return {'stock': stock, 'fast': fast,
+            'fast_stock_training': {**fast, 'training': 'stock'},  # the fast loader with fastai's own training loop
+            'stock_at_fast_settings': {**fast, 'fast': False, 'dl_kwargs': {}},  # the batch size and precision without the fast loader
+            'fast_no_cache': {**fast, 'dl_kwargs': {}},
+            f"fast_bs{fast['bs'] // 2}": {**fast, 'bs': fast['bs'] // 2},  # more, smaller steps (where Python's time per step counts for more)
+            'fast_fused': {**fast, 'fused': True},  # the optimizer in one kernel
+            'fast_tiny': {**fast, 'bs': 2, 'size': 64}}  # too little work to keep a GPU busy: how long Python takes to queue a step
+
+def pretend_gpu_dls():
+    "Loaders of four labelled pictures that only say they are on a GPU: nothing moves to the device before a fit, so learners for one can be built anywhere."
+    import torch
+    from fastai.vision.all import Categorize, Datasets
+    dls = Datasets(range(4), [[lambda i: torch.zeros(3, 8, 8)], [is_odd, Categorize()]], splits=[[0, 1], [2, 3]]).dataloaders(bs=2, device='cpu')
+    dls.device = torch.device('cuda')
+    return dls
+
+def is_odd(i): return i % 2 == 1
+
+def learner_settings(learn) -> dict:
+    "What a learner trains with: its mixed precisions, its optimizer (the `opt_func`'s name, and 'fused' where the optimizer it makes is), and whether it refreshes BatchNorm statistics."
+    from fastai.callback.fp16 import MixedPrecision
+    from course_utils.training import RefreshBatchNormStats
+    made = learn.opt_func(learn.model.parameters(), lr=1e-3)
+    fused = getattr(made, 'opt', None) is not None and made.opt.defaults.get('fused')  # PyTorch's optimizers come wrapped in fastai's OptimWrapper
+    return dict(precisions=[cb.amp_mode.value for cb in learn.cbs if isinstance(cb, MixedPrecision)],
+                optimizer=getattr(learn.opt_func, 'func', learn.opt_func).__name__ + (' fused' if fused else ''),  # a partial names its function
+                refresh_bn=any(isinstance(cb, RefreshBatchNormStats) for cb in learn.cbs))
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--n-images', type=int, default=None, help=f'images to generate (default {PETS_IMAGES}; --quick: 240)')
     p.add_argument('--device', default=None, help="'cuda', 'cpu' (default: cuda when available)")
     p.add_argument('--quick', action='store_true', help='small CPU-sized run: 240 images, resnet18 at 96 px')
-    p.add_argument('--out', default=str(ROOT / 'bench' / 'results'), help='folder for the JSON and markdown tables')
+    p.add_argument('--out', default=str(RESULTS_DIR), help='folder for the JSON and markdown tables')
     p.add_argument('--arch', default=None, help='torchvision architecture (default resnet34; --quick: resnet18)')
-    p.add_argument('--size', type=int, default=None, help='image size (default 224; --quick: 128)')
+    p.add_argument('--size', type=int, default=None, help='image size (default 224; --quick: 96)')
     p.add_argument('--stock-bs', type=int, default=64)
     p.add_argument('--fast-bs', type=int, default=None, help='fast path batch size (default 256 on a GPU, else --stock-bs)')
     p.add_argument('--fast-precision', default=None, choices=['fp32', 'bf16', 'fp16'], help="default on a GPU: bf16 where it is native, else fp16; on a CPU fp32")
@@ -408,14 +427,15 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--variants', action='store_true', help="also: where the time goes, the fast loader with fastai's own training loop, "
                    'and the stock loader with the fast settings')
+    p.add_argument('--check-settings', action='store_true', help='measure nothing: for every configuration of a GPU run with --variants, build '
+                   "the learner fine_tune builds, on loaders that only say they are on a GPU, and print its settings as JSON")
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
     import torch, torchvision, fastai
     from fastai.vision.all import get_image_files
     import fastai.vision.all as fv
-    from course_utils.training import gpu_amp_mode
-    args.device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    args.device = torch.device('cuda' if args.check_settings else args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     gpu = args.device.type == 'cuda'
     n = args.n_images or (240 if args.quick else PETS_IMAGES)
     args.arch = args.arch or ('resnet18' if args.quick else 'resnet34')
@@ -423,10 +443,13 @@ def main(argv=None):
     args.size = args.size or (96 if args.quick else 224)
     cpus = os.cpu_count() or 1
     worker_counts = [2] + (['all'] if cpus > 2 else [])  # on 2 cores, "all" is the same run again
-    stock = dict(fast=False, bs=args.stock_bs, precision='fp32', training='stock')
-    fast = dict(fast=True, bs=args.fast_bs or (256 if gpu else args.stock_bs), precision=args.fast_precision or (gpu_amp_mode() if gpu else 'fp32'),
-                training='fast', dl_kwargs={'cache_gb': args.cache_gb if args.cache_gb is not None else (16 if gpu else 0)},
-                refresh_bn=True)  # a short run from random weights, what RefreshBatchNormStats is for (harmless at any batch size)
+    configs = configurations(args, gpu)
+    if args.check_settings:
+        print(json.dumps({name: learner_settings(make_learner(pretend_gpu_dls(), cfg, args)) for name, cfg in configs.items()}, indent=2))
+        return
+    stock, fast = configs['stock'], configs['fast']
+    half_key = f"fast_bs{fast['bs'] // 2}"
+    half = configs[half_key]
     if gpu: torch.backends.cudnn.benchmark = True  # for every configuration alike
 
     t0 = time.perf_counter()
@@ -448,17 +471,16 @@ def main(argv=None):
             return failed
     steps, warmup = (50, 5) if gpu else (3, 1)
     results['ceiling'] = {k: ceiling(c, args, steps, warmup) for k, c in (('stock', stock), ('fast', fast))}
-    half = {**fast, 'bs': fast['bs'] // 2}  # a variant: more, smaller steps (where Python's time per step counts for more)
-    if args.variants and gpu: results['ceiling'][f"fast_bs{half['bs']}"] = variant('ceiling at half the batch', lambda: ceiling(half, args, steps, warmup))
+    if args.variants and gpu: results['ceiling'][half_key] = variant('ceiling at half the batch', lambda: ceiling(half, args, steps, warmup))
     print('ceiling', results['ceiling'], flush=True); save()
     if args.variants:  # where the time goes: fastai's loop alone, and one decode thread alone
         results['fastai_loop'] = {'stock': fastai_loop(stock, args, steps, warmup), 'fast': fastai_loop(fast, args, steps, warmup),
-                                  'fast_stock_training': fastai_loop({**fast, 'training': 'stock'}, args, steps, warmup)}
+                                  'fast_stock_training': fastai_loop(configs['fast_stock_training'], args, steps, warmup)}
         if gpu:  # half the batch; the optimizer in one kernel; and, on a batch too small to keep the GPU busy, how long Python takes to queue one step
-            results['fastai_loop'][f"fast_bs{half['bs']}"] = variant('fastai loop at half the batch', lambda: fastai_loop(half, args, steps, warmup))
-            results['fastai_loop']['fast_fused'] = variant('fastai loop, fused AdamW', lambda: fastai_loop({**fast, 'fused': True}, args, steps, warmup))
-            results['ceiling']['fast_fused'] = variant('raw loop, fused AdamW', lambda: ceiling({**fast, 'fused': True}, args, steps, warmup))
-            tiny = {**fast, 'bs': 2, 'size': 64}
+            results['fastai_loop'][half_key] = variant('fastai loop at half the batch', lambda: fastai_loop(half, args, steps, warmup))
+            results['fastai_loop']['fast_fused'] = variant('fastai loop, fused AdamW', lambda: fastai_loop(configs['fast_fused'], args, steps, warmup))
+            results['ceiling']['fast_fused'] = variant('raw loop, fused AdamW', lambda: ceiling(configs['fast_fused'], args, steps, warmup))
+            tiny = configs['fast_tiny']
             results['host_ms_per_step'] = {'raw': 2e3 / variant('raw loop, tiny batch', lambda: ceiling(tiny, args, steps, warmup)),
                                            'fastai_fast': 2e3 / variant('fastai loop, tiny batch', lambda: fastai_loop(tiny, args, steps, warmup))}
         print('fastai_loop', results['fastai_loop'], flush=True)
@@ -475,11 +497,9 @@ def main(argv=None):
     runs = [(f'{kind}_w{w}', cfg, w) for w in worker_counts for kind, cfg in (('stock', stock), ('fast', fast))]
     variant_runs, w_last = [], worker_counts[-1]
     if args.variants:  # what else could explain a gap: the optimizer, or the batch size and precision themselves
-        variant_runs += [(f'fast_stock_training_w{w}', {**fast, 'training': 'stock'}, w) for w in worker_counts]
-        variant_runs += [(f'stock_at_fast_settings_w{w_last}', {**fast, 'fast': False, 'dl_kwargs': {}}, w_last)]
-        if fast['dl_kwargs']['cache_gb']: variant_runs += [(f'fast_no_cache_w{w_last}', {**fast, 'dl_kwargs': {}}, w_last)]
-        if gpu:
-            variant_runs += [(f"fast_bs{half['bs']}_w{w_last}", half, w_last)]
+        variant_runs += [(f'fast_stock_training_w{w}', configs['fast_stock_training'], w) for w in worker_counts]
+        at_w_last = ['stock_at_fast_settings'] + (['fast_no_cache'] if fast['dl_kwargs']['cache_gb'] else []) + ([half_key] if gpu else [])
+        variant_runs += [(f'{name}_w{w_last}', configs[name], w_last) for name in at_w_last]
     def run(cfg, w): return dict(**data_only(files[:args.data_images], folder, cfg, args, w), **fine_tune(files, folder, cfg, args, w))
     for key, cfg, w, required in [(*r, True) for r in runs] + [(*r, False) for r in variant_runs]:
         result = run(cfg, w) if required else variant(key, lambda: run(cfg, w), None)
@@ -494,10 +514,7 @@ def main(argv=None):
                 torchvision=torchvision.__version__, fastai=fastai.__version__, generate_s=generate_s,
                 total_s=time.perf_counter() - t_start)
     res = dict(meta=meta, results=results, errors=errors)
-    (out / 'bench_fastimage.json').write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    (out / 'bench_fastimage.md').write_text(md)
-    print(md)
+    write_report(out, 'bench_fastimage', res, markdown(res), markdown_file=True)
 
 if __name__ == '__main__':
     main()

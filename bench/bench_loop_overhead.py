@@ -8,27 +8,22 @@ a "thin" ResNet-34 (every layer of the real one, with 1/32 of its channels), so 
 arithmetic is small and what is left is the per-layer and per-step Python that a GPU run pays too.
 A second table times the loops around a one-layer model: the fixed cost of a step, whatever the model.
 
-    python bench/bench_loop_overhead.py            # about a minute on 2 cores
+    .venv/bin/python bench/bench_loop_overhead.py            # about a minute on 2 cores
 
 Writes bench_loop_overhead.json to --out (default bench/results/) and prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
-import time
 import warnings
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 import torchvision.models.resnet as tv_resnet
+
+from benchlib import RESULTS_DIR, ratio, resident_dls, seconds_per_call, step_timer, write_report
 
 
 def thin_resnet34(width_divisor: int = 32) -> nn.Module:
@@ -64,30 +59,22 @@ def raw_ms(x, y, steps: int, warmup: int, make_model=model) -> float:
         loss = F.cross_entropy(m(x), y)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     for _ in range(warmup): step()
-    t0 = time.perf_counter()
-    for _ in range(steps): step()
-    return (time.perf_counter() - t0) / steps * 1000
+    return seconds_per_call(step, steps) * 1000
 
 
 def fastai_ms(x, y, steps: int, warmup: int, fast: bool, make_model=model) -> float:
     "Milliseconds per step of fastai's `Learner.fit` (with its progress bar, as a lesson runs it) on one batch served again and again."
-    from fastai.vision.all import Callback, CrossEntropyLossFlat, Learner, TensorCategory, TensorImage
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, TensorCategory, TensorImage
     from course_utils.training import KeepLossOnDevice, LazyLossProgress, torch_adamw
-    from bench_fastimage import resident_dls
-    class Timer(Callback):
-        order = 100
-        def after_batch(self):
-            if self.training and self.iter == warmup - 1: self.t0 = time.perf_counter()
-        def after_train(self): self.ms = (time.perf_counter() - self.t0) / (self.n_iter - warmup) * 1000
     dls = resident_dls(TensorImage(x), TensorCategory(y), warmup + steps, 'cpu')
-    timer = Timer()
+    timer = step_timer(warmup)
     learn = Learner(dls, make_model(), loss_func=CrossEntropyLossFlat(), cbs=timer)
     if fast:  # what `fast_training` does on a GPU, less bf16 and channels_last, which the CPU does not run alike
         learn.opt_func = torch_adamw
         learn.add_cb(KeepLossOnDevice())
         learn.remove_cb(learn.progress).add_cb(LazyLossProgress())
     with learn.no_logging(): learn.fit(1)
-    return timer.ms
+    return timer.seconds / timer.steps * 1000
 
 
 def main(argv=None):
@@ -96,7 +83,7 @@ def main(argv=None):
     p.add_argument('--size', type=int, default=32)
     p.add_argument('--steps', type=int, default=150)
     p.add_argument('--repeats', type=int, default=3, help='each loop is measured this many times, interleaved; medians are reported')
-    p.add_argument('--out', default=str(ROOT / 'bench' / 'results'))
+    p.add_argument('--out', default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     warnings.filterwarnings('ignore')
     torch.set_num_threads(1)  # one core: less noise from the other jobs on a shared machine
@@ -113,7 +100,7 @@ def main(argv=None):
     def table(title, ms):
         raw = ms['raw PyTorch (AdamW)']
         return [title, '', '| loop | ms per step | / raw PyTorch |', '|---|---|---|'] + [
-            f"| {name} | {v:.2f} | {v / raw:.2f}x |" for name, v in ms.items()] + ['']
+            f"| {name} | {v:.2f} | {ratio(v, raw):.2f}x |" for name, v in ms.items()] + ['']
     torch.manual_seed(0)
     runs, ms = measure(torch.randn(args.bs, 3, args.size, args.size), torch.randint(0, 2, (args.bs,)), args.steps, model)
     fixed_steps = 10 * args.steps
@@ -122,10 +109,8 @@ def main(argv=None):
     lines = table(f"Host time per training step on the CPU: thin ResNet-34 ({params:,} parameters), bs {args.bs}, {args.size} px, "
                   f"{args.steps} steps, median of {args.repeats}", ms)
     lines += table(f"The loop alone: one linear layer, bs 4, {fixed_steps} steps, median of {args.repeats}", fixed_ms)
-    print('\n'.join(lines))
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / 'bench_loop_overhead.json').write_text(json.dumps(dict(args=vars(args), params=params, runs_ms=runs, median_ms=ms,
-                                                                  one_layer=dict(steps=fixed_steps, runs_ms=fixed_runs, median_ms=fixed_ms)), indent=2))
+    write_report(args.out, 'bench_loop_overhead', dict(args=vars(args), params=params, runs_ms=runs, median_ms=ms,
+                                                       one_layer=dict(steps=fixed_steps, runs_ms=fixed_runs, median_ms=fixed_ms)), '\n'.join(lines))
 
 if __name__ == '__main__':
     main()

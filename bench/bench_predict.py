@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tests'))  # the browser settings the app tests use
-RESULTS = ROOT / 'bench' / 'RESULTS.md'
+from benchlib import BENCH, ROOT, call_times, loopback_chromium, ratio
+
+RESULTS = BENCH / 'RESULTS.md'
 START, END = '<!-- bench_predict:start -->', '<!-- bench_predict:end -->'
 SIZE = 224
 
@@ -66,13 +66,7 @@ def make_models(work: Path, threads: int):
 
 
 def median_ms(f, n: int = 50, warmup: int = 3) -> float:
-    for _ in range(warmup): f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(call_times(f, n, warmup))
 
 
 def latency(work: Path, photo: Path, threads: int) -> dict:
@@ -153,13 +147,8 @@ async def _visitor(ctx, url: str, photo: Path, timeout_s: float) -> dict:
 
 
 async def _visitors(url: str, photo: Path, n: int, timeout_s: float, profile: Path) -> list[dict]:
-    from playwright.async_api import async_playwright
-    from browser import NOT_LOOPBACK, launch_options
-    async with async_playwright() as p:
-        ctx = await p.chromium.launch_persistent_context(**launch_options(profile))
-        await ctx.route(NOT_LOOPBACK, lambda route: route.abort())
-        try: return await asyncio.gather(*[_visitor(ctx, url, photo, timeout_s) for _ in range(n)])
-        finally: await ctx.close()
+    async with loopback_chromium(profile) as ctx:
+        return await asyncio.gather(*[_visitor(ctx, url, photo, timeout_s) for _ in range(n)])
 
 
 def voila_load(work: Path, photo: Path, n: int, timeout_s: float = 240) -> dict:
@@ -183,14 +172,14 @@ def table(lat: dict, start: dict, load: dict | None, threads: int) -> str:
             f'{os.getloadavg()[0]:.1f}), so absolute numbers are noisy; ratios come from one run. Threads per model: {threads}.',
             '', '| per image (median of 50) | ms | learn.predict / this |', '|---|---:|---:|']
     for k in ('learn.predict', 'ours (onnx)', 'ours (torch)', 'bare forward (torch)', 'bare forward (onnx)'):
-        rows.append(f'| {k} | {lat[k]:.1f} | {base / lat[k]:.2f}x |')
+        rows.append(f'| {k} | {lat[k]:.1f} | {ratio(base, lat[k]):.2f}x |')
     rows += ['', f"Largest probability difference from learn.predict on the test photo (probabilities {lat['probs']}): "
              f"onnx {lat['max_prob_diff']['onnx']:.1e}, torch {lat['max_prob_diff']['torch']:.1e}.", '',
              '| fresh process: start to first prediction | seconds | RSS after (MB) | peak RSS (MB) |', '|---|---:|---:|---:|']
     for k, v in start.items():
         rows.append(f"| {k} | {v['seconds']:.2f} | {v['rss_mb']:.0f} | {v['peak_mb']:.0f} |")
     f, o = start['fastai: import + load_learner + predict'], start['ours: load_predictor + predict (onnx)']
-    rows.append(f"| ratio fastai / ours | {f['seconds'] / o['seconds']:.1f}x | {f['rss_mb'] / o['rss_mb']:.1f}x | |")
+    rows.append(f"| ratio fastai / ours | {ratio(f['seconds'], o['seconds']):.1f}x | {ratio(f['rss_mb'], o['rss_mb']):.1f}x | |")
     if load:
         rows += ['', f"Voila load run: {load['visitors']} visitors at once (headless chromium, one tab and one kernel each: "
                  f"open, upload a photo, classify): {load['succeeded']}/{load['visitors']} succeeded in {load['wall_s']:.1f} s.",

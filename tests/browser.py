@@ -1,4 +1,4 @@
-"""Headless Chromium for the app tests and the serving benchmark: where it is, how it starts, and what it may reach."""
+"""Headless Chromium for the app tests: where it is, how it starts, and what it may reach (bench/benchlib.py keeps its own copy for the serving benchmark: neither folder imports the other)."""
 from __future__ import annotations
 
 import os
