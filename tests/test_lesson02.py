@@ -161,7 +161,7 @@ def pick(cleaner, i: int, choice: str) -> Path:
     return Path(cleaner.fns[i])
 
 
-DELETE_LOOP, MOVE_LOOP = 'cleaner.fns[idx].unlink()', 'shutil.move(str(cleaner.fns[idx]), path/cat)'
+DELETE_LOOP, MOVE_LOOP = 'for idx in cleaner.delete():', 'for idx,cat in cleaner.change():'  # the course's two loops
 
 
 def test_course_cleaner_loops_delete_and_move_the_picked_files(bears, tmp_path):
