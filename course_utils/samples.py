@@ -201,7 +201,7 @@ def build_biwi_head_pose(dest: Path, frames_per_folder: int = 40, seed: int = 42
         skin = _jitter(rng, (205, 160, 130), 25)
         frames = sorted(rng.choice(np.arange(3, 1000), frames_per_folder, replace=False))
         for n in frames:
-            # nearer the camera than in the real recordings, so that the head is easy to find at 96x128
+            # nearer the camera than in the real recordings, so that the head is easy to find at 72x96
             x, y, z = rng.uniform(-160, 160), rng.uniform(-110, 110), rng.uniform(500, 750)
             c1, c2 = x * cal[0][0] / z + cal[0][2], y * cal[1][1] / z + cal[1][2]
             img = _noisy_background(rng, 640, 480, _jitter(rng, (90, 100, 110), 30), spread=35)
