@@ -113,15 +113,15 @@ def fine_tune(files, folder, cfg, args, workers) -> dict:
         "Training images/s per epoch: over the whole epoch, and from the end of its first batch (workers started, shapes tuned)."
         order = -10  # its after_train before RefreshBatchNormStats's, whose forward passes are no training steps
         def before_fit(self): self.speeds, self.steady = getattr(self, 'speeds', []), getattr(self, 'steady', [])
-        def before_train(self): self.n, self.epoch_watch, self.first = 0, Stopwatch(args.device).start(), None
+        def before_train(self): self.n, self.epoch_watch, self.first, self.steady_watch = 0, Stopwatch(args.device).start(), None, None
         def after_batch(self):
             if not self.training: return
             self.n += len(self.yb[0])
             if self.first is None: self.first, self.steady_watch = self.n, Stopwatch(args.device).start()
         def after_train(self):
             self.speeds.append(self.n / self.epoch_watch.stop())
-            steady_s = self.steady_watch.stop()
-            self.steady.append((self.n - self.first) / steady_s if self.n > self.first else float('nan'))
+            steady = self.steady_watch is not None and self.n > self.first  # an epoch of one batch (or none) has no steady part
+            self.steady.append((self.n - self.first) / self.steady_watch.stop() if steady else float('nan'))
     set_seed(42)
     dls = make_dls(files, folder, cfg, args, workers)
     speed = TrainSpeed()
