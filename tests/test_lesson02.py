@@ -242,3 +242,11 @@ def test_course_search_loop_downloads_one_folder_per_bear_type(fastai_home, monk
     assert len(asked) == 3 and f'{path} is already there: not searching again.' in capsys.readouterr().out
     run_cells(ns, lesson_cell('path = gather_images('))
     assert ns['path'] == path and 'already holds 9 images: using them' in capsys.readouterr().out
+
+
+def test_p_value_aside_finds_significance_in_noise():
+    "The aside's simulation: some pure-noise features pass p < 0.05 (its own assert checks how many), and it says so."
+    text = run_notebook(LESSON).outputs_text()
+    found = re.search(r"(\d+) of 100 pure-noise features are 'significant' \(p < 0\.05\)", text)
+    assert found and 1 <= int(found.group(1)) <= 15, text[-2000:]
+    assert re.search(r"on fresh data, \d+ of the \d+ earlier 'discoveries' are significant again", text)
