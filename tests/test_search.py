@@ -1,8 +1,8 @@
 """The image search of lesson 2 (course_utils.search): no network, no real waiting.
 
-Most tests run ddgs's own code with only its HTTP client faked: `FakeService` takes the place of
-`primp.Client`, the client ddgs's `HttpClient` sends every request through, and answers the way
-DuckDuckGo and Bing do (a page holding the `vqd` token, `i.js` JSON, Bing's HTML), or refuses
+Most tests run ddgs's own code with only its HTTP client faked: `FakeClient` takes the place of
+`primp.Client`, which ddgs's `HttpClient` sends every request through, and `FakeService` behind it
+answers the way DuckDuckGo and Bing do (a page holding the `vqd` token, `i.js` JSON, Bing's HTML), or refuses
 with a status code or a time-out. So when a new ddgs changes how it reports a refusal, these
 tests fail here, instead of a lesson quietly training on fewer pictures.
 """
@@ -10,17 +10,20 @@ import functools
 import http.server
 import io
 import json
+import shutil
 import threading
 from urllib.parse import quote, urlsplit
 
 import primp
 import pytest
+from ddgs.http_client import HttpClient
+from fastai.data.external import fastai_cfg
 from fastai.vision.utils import get_image_files, verify_images
 from PIL import Image
 
 from course_utils import core
 from course_utils import search as search_mod
-from course_utils.data import BEARS, real_path, sample_path
+from course_utils.data import BEARS, course_data, real_path, sample_path
 from course_utils.search import ImageSearch, SearchError, SearchReport, ddgs_images, gather_images
 
 
@@ -126,6 +129,7 @@ def service(monkeypatch):
     "Install a `FakeService` under ddgs; the test fills it in."
     svc = FakeService()
     monkeypatch.setattr(primp, 'Client', svc.client)
+    assert isinstance(HttpClient().client, FakeClient), 'ddgs no longer sends its requests through primp.Client'
     return svc
 
 
@@ -288,6 +292,25 @@ def test_other_errors_fail_at_once_with_their_reason(clock):
 
 # gather_images: when to search, the downloads, and never fewer labels than asked
 
+@pytest.fixture(scope='module')
+def built_bears(tmp_path_factory):
+    "The bears sample, built once for this module (building it takes a few seconds)."
+    home = tmp_path_factory.mktemp('bears_home')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('FASTAI_HOME', str(home))
+        mp.setenv('COURSE_SAMPLE', '1')
+        fastai_cfg.cache_clear()
+        try: yield course_data(BEARS)
+        finally: fastai_cfg.cache_clear()
+
+
+@pytest.fixture
+def bears_home(fastai_home, built_bears):
+    "A private FASTAI_HOME (see `fastai_home`) that already holds the bears sample, as a fallback finds it."
+    shutil.copytree(built_bears, sample_path(BEARS))
+    return fastai_home
+
+
 def no_search():
     def backend(term, max_results): raise AssertionError(f'searched for {term!r} although it should not')
     return ImageSearch(backend, sleep=lambda s: None)
@@ -306,7 +329,7 @@ def probe(monkeypatch):
 
 
 @pytest.mark.parametrize('env, why', [({'COURSE_SAMPLE': '1'}, 'COURSE_SAMPLE=1'), ({'COURSE_OFFLINE': '1'}, 'COURSE_OFFLINE=1')])
-def test_no_search_without_network_or_with_samples(fastai_home, tmp_path, monkeypatch, capsys, env, why):
+def test_no_search_without_network_or_with_samples(bears_home, tmp_path, monkeypatch, capsys, env, why):
     for k, v in env.items(): monkeypatch.setenv(k, v)
     path = gather_images(tmp_path / 'bears', QUERIES, fallback=BEARS, search=no_search())
     assert path == sample_path(BEARS)
@@ -317,7 +340,7 @@ def test_no_search_without_network_or_with_samples(fastai_home, tmp_path, monkey
     assert not (tmp_path / 'bears').exists()
 
 
-def test_no_search_when_no_search_host_answers(fastai_home, tmp_path, probe, capsys):
+def test_no_search_when_no_search_host_answers(bears_home, tmp_path, probe, capsys):
     asked, answering = probe
     answering.clear()
     path = gather_images(tmp_path / 'bears', QUERIES, fallback=BEARS, search=no_search())
@@ -347,7 +370,7 @@ def image_server(tmp_path):
         for i in range(4): (www / 'img' / name / f'{i}.jpg').write_bytes(jpeg_bytes((60 * i, 80, 40)))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
     try: yield f'http://127.0.0.1:{httpd.server_address[1]}/img'
     finally:
         httpd.shutdown()
@@ -413,7 +436,7 @@ def test_a_label_whose_downloads_all_fail_stops_everything(fastai_home, tmp_path
         gather_images(tmp_path / 'bears', QUERIES, fallback=BEARS, search=make_search(clock, backend))
 
 
-def test_search_with_no_pictures_at_all_falls_back_loudly(fastai_home, tmp_path, probe, service, capsys, clock):
+def test_search_with_no_pictures_at_all_falls_back_loudly(bears_home, tmp_path, probe, service, capsys, clock):
     for q in QUERIES.values():
         service.fail('ijs', q, *[418] * 2)
         service.fail('bing', q, *[418] * 2)
@@ -425,7 +448,7 @@ def test_search_with_no_pictures_at_all_falls_back_loudly(fastai_home, tmp_path,
     assert core._data_kinds['bears'] == 'sample'
 
 
-def test_downloads_that_all_fail_fall_back_to_the_sample_not_to_empty_folders(fastai_home, tmp_path, probe, capsys, clock, image_server):
+def test_downloads_that_all_fail_fall_back_to_the_sample_not_to_empty_folders(bears_home, tmp_path, probe, capsys, clock, image_server):
     # the lesson's call: `dest` is where `course_data` looks for the real bears first
     backend = FakeBackend(clock, {q: [{'image': f'{image_server}/{label}/gone.jpg'}] for label, q in QUERIES.items()})
     path = gather_images(real_path(BEARS), QUERIES, fallback=BEARS, search=make_search(clock, backend))
