@@ -1,4 +1,4 @@
-"""A polite image search on DuckDuckGo that reports failures per term and falls back to a sample offline.
+"""A polite image search through ddgs that retries when the service turns us away, never leaves a label without pictures, and falls back to a sample offline.
 
 Docs: https://pdl-course.github.io/pdl2020/search.html.md"""
 
@@ -7,42 +7,65 @@ Docs: https://pdl-course.github.io/pdl2020/search.html.md"""
 # %% ../nbs/04_search.ipynb #43e64653
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from fastai.vision.utils import download_images, get_image_files
+from fastprogress.fastprogress import progress_bar
 
 from .core import note_data_kind, offline_forced, online, sample_requested
 from .data import course_data
 
 # %% auto #0
-__all__ = ['ImageBackend', 'SEARCH_HOST', 'ddgs_images', 'SearchError', 'SearchReport', 'ImageSearch', 'search_images',
-           'gather_images']
+__all__ = ['DDGS_BACKEND', 'ImageBackend', 'ddgs_images', 'search_hosts', 'SearchError', 'SearchReport', 'ImageSearch',
+           'search_images', 'gather_images']
+
+# %% ../nbs/04_search.ipynb #79259fcc
+DDGS_BACKEND = 'duckduckgo,bing'
 
 # %% ../nbs/04_search.ipynb #f4ea450f
 ImageBackend = Callable[[str, int], list]
 
 # %% ../nbs/04_search.ipynb #02c13968
-def ddgs_images(term: str, max_results: int) -> list[dict]:
-    "DuckDuckGo image results for `term` (dicts with an 'image' URL), through the `ddgs` package."
+def ddgs_images(
+    term: str,                    # the words to search for
+    max_results: int,             # the most results to ask for
+    backend: str = DDGS_BACKEND,  # ddgs's image engines to ask, in this order
+) -> list[dict]:
+    "Image results for `term` (dicts with an 'image' URL), through the `ddgs` package."
     from ddgs import DDGS
-    from ddgs.exceptions import DDGSException
-    try: return DDGS().images(term, max_results=max_results)
-    except DDGSException as e:
-        if str(e) == 'No results found.': return []  # ddgs raises rather than return an empty list
-        raise
+    return DDGS().images(term, max_results=max_results, backend=backend)
+
+# %% ../nbs/04_search.ipynb #b4ce147d
+def search_hosts(
+    backend: str = DDGS_BACKEND,  # ddgs's image engines, comma-separated, or 'auto' for all of them
+) -> list[str]:
+    "The hosts ddgs's image `backend` sends its requests to."
+    from ddgs.engines import ENGINES
+    engines = ENGINES['images']
+    names = list(engines) if backend in ('auto', 'all') else [n.strip() for n in backend.split(',')]
+    return [urlsplit(engines[n].search_url).hostname for n in names if n in engines]
+
+# %% ../nbs/04_search.ipynb #51c7ec4c
+_NO_RESULTS = 'No results found.'  # what ddgs says both when nothing matches and when it was turned away
 
 # %% ../nbs/04_search.ipynb #d329a343
-_TRANSIENT_HINTS = ('ratelimit', 'rate limit', 'too many requests', '429', '403', '202 ', 'vqd', 'timed out', 'timeout')
-
 def _transient(e: Exception) -> bool:
-    "Is `e` worth retrying after a pause (rate limit, time-out)?"
-    from ddgs.exceptions import RatelimitException, TimeoutException
+    "Is `e` worth retrying after a pause (a refusal or a time-out, as ddgs reports them)?"
+    from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
     if isinstance(e, (RatelimitException, TimeoutException, TimeoutError)): return True
-    msg = f'{type(e).__name__} {e}'.lower()
-    return any(h in msg for h in _TRANSIENT_HINTS)
+    return isinstance(e, DDGSException) and (str(e) == _NO_RESULTS or 'Could not extract vqd' in str(e))
+
+# %% ../nbs/04_search.ipynb #ff4458ca
+def _gave_up(term: str, tries: int, e: Exception) -> str:
+    "What to tell the learner when the search for `term` failed `tries` times, the last time with `e`."
+    msg = f"no images for {term!r} after {tries} tries ({type(e).__name__}: {e})"
+    if str(e) == _NO_RESULTS: msg += "; ddgs says so both when nothing matches and when the service turns us away"
+    return msg + "; wait a few minutes and run the cell again, or set COURSE_SAMPLE=1 to work on the offline sample"
 
 # %% ../nbs/04_search.ipynb #d3bc063a
 def _image_urls(results: list, limit: int) -> list[str]:
@@ -52,26 +75,31 @@ def _image_urls(results: list, limit: int) -> list[str]:
 
 # %% ../nbs/04_search.ipynb #937ed236
 class SearchError(RuntimeError):
-    "An image search for one term failed; the message says why and what to do."
+    "An image search failed; the message says why and what to do."
 
 # %% ../nbs/04_search.ipynb #69db7712
 @dataclass
 class SearchReport:
-    "What a search for several terms gave: the URLs per term, and a message per term that failed."
+    "What a search for several terms gave: URLs per term, a message per term that failed, files downloaded per term."
     urls: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool: return not self.errors
 
-    def __str__(self):
-        lines = [f"{t!r}: {len(u)} image URLs" + ('' if u else ' (no results)') for t, u in self.urls.items()]
-        return '\n'.join(lines + [f"{t!r}: FAILED: {m}" for t, m in self.errors.items()])
+    def line(self, term: str) -> str:
+        "One line on what the search for `term` gave."
+        if term in self.errors: return f"{term!r}: FAILED: {self.errors[term]}"
+        files = f", {self.files[term]} downloaded" if term in self.files else ''
+        return f"{term!r}: {len(self.urls.get(term, []))} image URLs{files}"
+
+    def __str__(self): return '\n'.join(self.line(t) for t in [*self.urls, *self.errors])
     __repr__ = __str__
 
 # %% ../nbs/04_search.ipynb #5235f553
 class ImageSearch:
-    "Image search through `backend`, with pacing and with retries on rate limits."
+    "Image search through `backend`, with pacing and with retries when the service turns us away."
     def __init__(self,
                  backend: ImageBackend = ddgs_images,          # gives the results for a term (see `ImageBackend`)
                  min_interval: float = 2.0,                    # the fewest seconds between two requests
@@ -91,17 +119,19 @@ class ImageSearch:
         self._last_request = self.clock()
 
     def urls(self, term: str, max_results: int = 150) -> list[str]:
-        "Image URLs for `term`; raises `SearchError` with a clear message when the search fails."
+        "Image URLs for `term`; raises `SearchError`, naming the term, when there are none."
         for attempt in range(self.retries + 1):
             self._wait_turn()
-            try: return _image_urls(self.backend(term, max_results), max_results)
+            try: found = _image_urls(self.backend(term, max_results), max_results)
             except Exception as e:
-                why = f'{type(e).__name__}: {e}'
-                if not _transient(e): raise SearchError(f"the search failed ({why})") from e
-                if attempt == self.retries:
-                    raise SearchError(f"the search service is still refusing after {attempt + 1} tries ({why}); "
-                                      "wait a few minutes and run the cell again") from e
-                self.sleep(self.backoff * 2 ** attempt)
+                if not _transient(e): raise SearchError(f"the search for {term!r} failed ({type(e).__name__}: {e})") from e
+                if attempt == self.retries: raise SearchError(_gave_up(term, attempt + 1, e)) from e
+                pause = self.backoff * 2 ** attempt
+                print(f"{term!r}: {type(e).__name__}: {e} Trying again in {pause:g} s.")
+                self.sleep(pause)
+            else:
+                if not found: raise SearchError(f"no images found for {term!r}: try other words")
+                return found
 
     def __call__(self, terms, max_results: int = 150) -> SearchReport:
         "Search each of `terms`; a term that fails is reported in the result and the others go on."
@@ -113,47 +143,79 @@ class ImageSearch:
 
 # %% ../nbs/04_search.ipynb #66eba91b
 def search_images(term: str, max_results: int = 150) -> list[str]:
-    "URLs of up to `max_results` images DuckDuckGo finds for `term`."
+    "URLs of up to `max_results` images the search finds for `term`."
     return ImageSearch().urls(term, max_results)
 
-# %% ../nbs/04_search.ipynb #1242eafd
-SEARCH_HOST = ('duckduckgo.com', 443)
-
 # %% ../nbs/04_search.ipynb #9d27a92a
-def _skip_reason(host: tuple[str, int]) -> str | None:
+def _skip_reason(hosts: list[str], port: int = 443) -> str | None:
     "Why we should not search right now (None: go ahead)."
     if sample_requested(): return 'COURSE_SAMPLE=1'
     if offline_forced(): return 'COURSE_OFFLINE=1'
-    if not online(*host): return f'{host[0]} does not answer'
+    if not any(online(h, port) for h in hosts):
+        return f"none of {', '.join(hosts)} answers" if len(hosts) > 1 else f'{hosts[0]} does not answer'
     return None
 
 # %% ../nbs/04_search.ipynb #b0ae84b2
-def _fall_back(fallback: str | None, what_happened: str) -> Path:
+def _fall_back(fallback: str | None, what_happened: str, loud: bool = False) -> Path:
+    "The `fallback` data set, after saying `what_happened` (`loud`: as a warning); an error when there is none."
     if fallback is None: raise SearchError(f"{what_happened}, and no fallback data set was given.")
-    print(f"{what_happened}: using the {fallback} data set instead.")
+    if loud: print(f"WARNING: {what_happened}: using the {fallback} data set instead, the offline sample. "
+                   "For photos, wait a few minutes and run the cell again.")
+    else: print(f"{what_happened}: using the {fallback} data set instead.")
     return course_data(fallback)
+
+# %% ../nbs/04_search.ipynb #7c0d8b18
+def _image_counts(dest: Path, labels) -> dict[str, int]:
+    "The number of images in `dest/<label>`, for each of `labels`."
+    return {label: len(get_image_files(dest / label)) if (dest / label).is_dir() else 0 for label in labels}
+
+# %% ../nbs/04_search.ipynb #a76440f9
+def _download(dest: Path, urls: list[str], label: str, chunk: int = 8) -> int:
+    "Download `urls` into `dest` under a progress bar; the number of images `dest` then holds."
+    made = not dest.exists()
+    dest.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar(urls, leave=False)
+    bar.update(0)
+    for i in range(0, len(urls), chunk):
+        download_images(dest, urls=urls[i:i + chunk], n_workers=chunk)
+        bar.comment = f'{label}: {len(get_image_files(dest))} files'
+        bar.update(min(i + chunk, len(urls)))
+    n = len(get_image_files(dest))
+    if made and not n: shutil.rmtree(dest)
+    return n
 
 # %% ../nbs/04_search.ipynb #92c404b5
 def gather_images(
     dest,                              # the folder to fill, one subfolder per label
     queries: dict[str, str],           # label -> search terms
     max_results: int = 150,            # the most images to download per label
-    fallback: str | None = None,       # the data set `course_data` gives when there are no images to search for
+    fallback: str | None = None,       # the data set to use instead when we cannot search, or no label got images
     search: ImageSearch | None = None, # the search to use (default: `ImageSearch()`)
 ) -> Path:
-    "Search for each of `queries` and download the images to `dest/<label>`."
+    "Search for each of `queries` and download the images to `dest/<label>`; never leave a label without images."
     dest = Path(dest)
-    if not sample_requested() and dest.is_dir() and (n := len(get_image_files(dest))):
-        print(f"{dest} already holds {n} images: using them (delete the folder to search again).")
+    have = _image_counts(dest, queries)
+    if not sample_requested() and all(have.values()):
+        counts = ', '.join(f'{label}: {n}' for label, n in have.items())
+        print(f"{dest} already holds images for every label ({counts}): using them (delete the folder to search again).")
         note_data_kind(dest.name, 'real')
         return dest
-    if why := _skip_reason(SEARCH_HOST): return _fall_back(fallback, f'Not searching the web ({why})')
-    report = (search or ImageSearch())(queries.values(), max_results)
+    if why := _skip_reason(search_hosts()): return _fall_back(fallback, f'Not searching the web ({why})')
+    todo = {label: query for label, query in queries.items() if not have[label]}
+    if len(todo) < len(queries):
+        print(f"{dest} already holds images for {', '.join(l for l in queries if l not in todo)}; "
+              f"searching again for: {', '.join(todo)}")
+    report = (search or ImageSearch())(todo.values(), max_results)
+    for label, query in todo.items():
+        if query in report.urls: report.files[query] = _download(dest / label, report.urls[query], label)
     print(report)
-    for label, query in queries.items():
-        if report.urls.get(query):
-            (dest / label).mkdir(parents=True, exist_ok=True)
-            download_images(dest / label, urls=report.urls[query])
-    if not (dest.is_dir() and get_image_files(dest)): return _fall_back(fallback, 'The search gave no images')
-    note_data_kind(dest.name, 'real')
-    return dest
+    missing = {label: query for label, query in todo.items() if not report.files.get(query)}
+    if not missing:
+        note_data_kind(dest.name, 'real')
+        return dest
+    if len(missing) == len(queries):
+        return _fall_back(fallback, 'the search gave no pictures for any label (see above)', loud=True)
+    lines = '; '.join(report.line(q) for q in missing.values())
+    raise SearchError(f"no pictures for {', '.join(map(repr, missing))} ({lines}). We stop here rather than train on "
+                      f"fewer labels than asked. The pictures found so far stay in {dest}: run the cell again in a few "
+                      "minutes and only the missing labels are searched, or set COURSE_SAMPLE=1 to work on the offline sample.")
