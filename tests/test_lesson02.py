@@ -241,7 +241,7 @@ def test_course_search_loop_downloads_one_folder_per_bear_type(fastai_home, monk
     run_cells(ns, loop)  # a second run leaves the folder alone
     assert len(asked) == 3 and f'{path} is already there: not searching again.' in capsys.readouterr().out
     run_cells(ns, lesson_cell('path = gather_images('))
-    assert ns['path'] == path and 'already holds 9 images: using them' in capsys.readouterr().out
+    assert ns['path'] == path and 'already holds images for every label (grizzly: 3, black: 3, teddy: 3): using them' in capsys.readouterr().out
 
 
 def test_p_value_aside_finds_significance_in_noise():
