@@ -1,8 +1,5 @@
 """The data layer's real download path, exercised against a loopback HTTP server."""
-import functools
-import http.server
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +8,7 @@ import pytest
 from course_utils import core
 from course_utils.data import DataDownloadError, course_data, real_path, sample_path
 from course_utils.samples import build_mnist_sample
+from loopback import serve_folder
 
 
 @pytest.fixture
@@ -18,14 +16,7 @@ def server(tmp_path):
     "A static file server on 127.0.0.1 serving `tmp_path/www`."
     www = tmp_path / 'www'
     www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try: yield www, f'http://127.0.0.1:{httpd.server_address[1]}'
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_folder(www) as url: yield www, url
 
 
 def make_tgz(src: Path, dest: Path) -> Path:

@@ -6,11 +6,8 @@ lesson notebook and run it here, with a loopback web server in place of the inte
 the person, so that what is tested is the lesson's code, not a copy of it.
 """
 import datetime
-import functools
-import http.server
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import nbformat
@@ -21,6 +18,7 @@ from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, PILImage, R
 from course_utils import core
 from course_utils.samples import build_bears
 
+from loopback import serve_folder
 from notebook_runner import NBS, run_notebook
 
 LESSON = 'lessons/02_production.ipynb'
@@ -205,13 +203,7 @@ def test_course_move_stops_at_a_namesake_and_apply_cleaner_does_not(bears, tmp_p
 @pytest.fixture
 def picture_server(bears):
     "A loopback web server that serves the sample's pictures at <base>/<label>/<name>."
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bears))
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try: yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_folder(bears) as url: yield url
 
 
 def test_course_search_loop_downloads_one_folder_per_bear_type(fastai_home, monkeypatch, capsys, bears, picture_server):

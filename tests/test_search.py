@@ -6,12 +6,9 @@ answers the way DuckDuckGo and Bing do (a page holding the `vqd` token, `i.js` J
 with a status code or a time-out. So when a new ddgs changes how it reports a refusal, these
 tests fail here, instead of a lesson quietly training on fewer pictures.
 """
-import functools
-import http.server
 import io
 import json
 import shutil
-import threading
 from urllib.parse import quote, urlsplit
 
 import primp
@@ -25,6 +22,7 @@ from course_utils import core
 from course_utils import search as search_mod
 from course_utils.data import BEARS, course_data, real_path, sample_path
 from course_utils.search import ImageSearch, SearchError, SearchReport, ddgs_images, gather_images
+from loopback import serve_folder
 
 
 class FakeClock:
@@ -368,13 +366,7 @@ def image_server(tmp_path):
     for name in ('grizzly', 'black'):
         (www / 'img' / name).mkdir(parents=True)
         for i in range(4): (www / 'img' / name / f'{i}.jpg').write_bytes(jpeg_bytes((60 * i, 80, 40)))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
-    try: yield f'http://127.0.0.1:{httpd.server_address[1]}/img'
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_folder(www) as url: yield f'{url}/img'
 
 
 def served(image_server, name, n=3):
