@@ -143,7 +143,9 @@ PASCAL_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car'
 def _draw_object(d: ImageDraw.ImageDraw, rng, cls: int, w: int, h: int):
     colour = _hsv(cls / len(PASCAL_CLASSES), 0.9, 0.95 if cls % 2 else 0.65)
     size = rng.uniform(0.25, 0.38) * min(w, h)  # large enough to survive RandomResizedCrop at 64 px
-    x, y = rng.uniform(size, w - size), rng.uniform(size, h - size)
+    side = min(w, h)  # inside the centred square, which validation's centre crop keeps: no labelled object is cut out
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    x, y = rng.uniform(x0 + size, x0 + side - size), rng.uniform(y0 + size, y0 + side - size)
     box = [x - size, y - size, x + size, y + size]
     shape = cls % 4
     if shape == 0: d.ellipse(box, fill=colour)
@@ -327,7 +329,7 @@ def build_bears(dest: Path, n_per_type: int = 40, seed: int = 42) -> Path:
     return dest
 
 # %% ../nbs/02_samples.ipynb #5c578257
-SAMPLES_VERSION = 2  # raise it whenever a builder changes, so that samples already built are built again
+SAMPLES_VERSION = 3  # raise it whenever a builder changes, so that samples already built are built again
 
 # %% ../nbs/02_samples.ipynb #10877fbb
 SAMPLE_BUILDERS = {
