@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -163,3 +164,24 @@ def test_lab_starts_with_jupyterlab_options_and_shows_the_upload_widget(tmp_path
         for k in alive: k.kill()
     assert kernels and not alive, f'kernels left running: {alive}'
     if os.geteuid() == 0: assert 'Running as root is not recommended' not in log.read_text()
+
+
+# ---------------------------------------------------------------- start.sh
+@pytest.mark.parametrize('args, course_gets', [
+    ([], ['run', '01_intro']),
+    (['04', '--sample'], ['run', '04', '--sample']),
+    (['lab', '--no-browser', '--port', '8899'], ['lab', '--no-browser', '--port', '8899']),
+    (['report'], ['report']),
+])
+def test_start_sh_hands_its_arguments_to_course(tmp_path, args, course_gets):
+    "start.sh, with its set-up and the `course` command replaced by stand-ins that only record what they were given."
+    shutil.copy(ROOT / 'start.sh', tmp_path / 'start.sh')
+    for stub, line in (('tools/setup_env.sh', 'echo "setup $*" >> "$(dirname "$0")/../calls"'),
+                       ('.venv/bin/course', 'printf "%s\\n" "$@" > "$(dirname "$0")/../../args"')):
+        (tmp_path / stub).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / stub).write_text(f'#!/usr/bin/env bash\n{line}\n')
+        (tmp_path / stub).chmod(0o755)
+    r = subprocess.run(['bash', str(tmp_path / 'start.sh'), *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'calls').read_text() == 'setup lab,app\n'
+    assert (tmp_path / 'args').read_text().splitlines() == course_gets
