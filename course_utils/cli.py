@@ -102,9 +102,12 @@ class LessonProgress:
 
     def status(self) -> str:
         "The status line: time since the start, section, cell, and fastai's progress."
-        parts = [self.elapsed(), self.section or 'start'] + ([f"cell {self.number[self.cell]}/{self.n_code}"] if self.cell in self.number else [])
-        if len(self.bars) >= 2: parts.append(f"epoch {min(self.bars[0][0] + 1, self.bars[0][1])}/{self.bars[0][1]}, batch {self.bars[-1][0]}/{self.bars[-1][1]}")
-        elif self.bars: parts.append(f"{self.bars[0][0]}/{self.bars[0][1]}")
+        parts = [self.elapsed(), self.section or 'start']
+        if self.cell in self.number: parts.append(f"cell {self.number[self.cell]}/{self.n_code}")
+        if len(self.bars) >= 2:  # fastai's training: epochs, and batches of the current epoch
+            (epochs_done, epochs, _), (batch, batches, _) = self.bars[0], self.bars[-1]
+            parts.append(f"epoch {min(epochs_done + 1, epochs)}/{epochs}, batch {batch}/{batches}")
+        elif self.bars: parts.append(f"{self.bars[0][0]}/{self.bars[0][1]}")  # e.g. predictions over a data set
         return ' · '.join(parts)
 
 # %% ../nbs/09_cli.ipynb #037694fd
