@@ -53,6 +53,7 @@ def test_run_shows_progress_saves_html_and_names_the_failing_cell(tmp_path):
     assert re.search(r'\[0:\d\d\] ## Warming up\nstep one\n', out), out
     assert 'FAILED at cell 3/4 (section "Breaking"): 1 / 0' in out and 'ZeroDivisionError: division by zero' in out, out
     assert 'never printed' not in out
+    assert '[IPKernelApp]' not in out + r.stderr  # the kernel process's own warnings go to its log, not between the lines
     # the row the lesson added to the default ledger, as a table
     assert re.search(r'01_intro\s+error_rate\s+0\.25\s+0\.0027\s+sample', out), out
     runs = tmp_path / 'artifacts' / 'runs'
@@ -60,6 +61,7 @@ def test_run_shows_progress_saves_html_and_names_the_failing_cell(tmp_path):
     page = (runs / '99_breaks.html').read_text()
     assert 'step one' in page and 'ZeroDivisionError' in page
     assert json.loads((runs / 'results.jsonl').read_text())['value'] == 0.25
+    assert f"The kernel's own log: {runs / '99_breaks.kernel.log'}" in out and (runs / '99_breaks.kernel.log').exists()
     executed = nbformat.read(runs / '99_breaks.ipynb', as_version=4)
     assert executed.cells[1].outputs[0].text == 'step one\n' and executed.cells[5].get('outputs') == []
 
