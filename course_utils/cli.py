@@ -346,6 +346,9 @@ def plot_results(
         ax.set_yticks(range(len(ks)), [_row_label(*k) for k in ks])
         ax.set_ylim(len(ks) - 0.5, -0.5)
         if kind == 'accuracy': ax.set_xlim(max(0, min(values) - 0.05), 1.005)
+        if scale == 'log' and (shown := [at(v) for v in values]) and max(shown) / min(shown) < 2.5:
+            middle = math.sqrt(max(shown) * min(shown))  # at least a factor 2.5 across, so that a 1% difference looks small
+            ax.set_xlim(middle / math.sqrt(2.5), middle * math.sqrt(2.5))
         ax.set_xlabel(f"{kind}{' in ' + lesson if lesson else ''}{', ' + better if better else ''}{' (log scale)' if scale == 'log' else ''}")
         ax.grid(axis='x', which='major', color='0.85')
         ax.set_axisbelow(True)
