@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
+import math
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+from fastcore.basics import patch
+
 # %% auto #0
-__all__ = ['APPS', 'repo_root', 'lessons', 'find_lesson', 'run_lesson', 'app_notebook', 'voila_command', 'serve_app', 'free_port',
-           'app_server', 'main']
+__all__ = ['METRIC_KINDS', 'APPS', 'repo_root', 'lessons', 'find_lesson', 'section_title', 'fastai_progress', 'LessonProgress',
+           'save_executed', 'run_lesson', 'metric_kind', 'results_table', 'plot_results', 'default_ledger',
+           'report_results', 'lab_command', 'app_notebook', 'voila_command', 'serve_app', 'free_port', 'app_server',
+           'parse_args', 'main']
 
 # %% ../nbs/09_cli.ipynb #11ed10ac
 def repo_root(start: Path | None = None) -> Path:
@@ -44,37 +53,348 @@ def find_lesson(root: Path, name: str) -> Path:
         raise SystemExit(f"{'No' if not hits else 'More than one'} lesson matches {name!r}; lessons: {known}")
     return hits[0]
 
-# %% ../nbs/09_cli.ipynb #514ec94b
-def _printed(nb) -> str:
-    "Text the notebook's cells printed, in order."
-    out = []
-    for cell in nb.cells:
-        for o in cell.get('outputs', []):
-            if o.get('output_type') == 'stream' and o.get('name') == 'stdout': out.append(o['text'])
-            elif o.get('output_type') == 'error': out.append('\n'.join(o.get('traceback', [])))
-    return ''.join(out)
+# %% ../nbs/09_cli.ipynb #6e8d2b73
+def _clock(seconds: float) -> str:
+    "`seconds` as m:ss, or h:mm:ss from an hour on."
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
-# %% ../nbs/09_cli.ipynb #afed0a4c
+# %% ../nbs/09_cli.ipynb #b3acf401
+def section_title(cell) -> str | None:
+    "The last `##` heading in `cell` if it is a markdown cell that has one."
+    if cell.get('cell_type') != 'markdown': return None
+    heads = re.findall(r'^##[ \t]+(.+?)[ \t#]*$', cell.get('source', ''), re.M)
+    return heads[-1] if heads else None
+
+# %% ../nbs/09_cli.ipynb #223c00bd
+def fastai_progress(page: str) -> tuple[list[tuple[int, int, str]], list[list[str]]]:
+    "The progress bars `(done, total, label)` and the table rows (header first) in fastai's HTML progress display `page`."
+    bars = []
+    for attrs, label in re.findall(r'<progress([^>]*)>\s*</progress>([^<]*)', page):
+        done, total = re.search(r'value="(\d+)"', attrs), re.search(r'max="(\d+)"', attrs)
+        if total: bars.append((int(done.group(1)) if done else 0, int(total.group(1)), html.unescape(label).strip()))
+    table = re.search(r'<table[^>]*fastprogress[^>]*>(.*?)</table>', page, re.S)
+    rows = [[html.unescape(re.sub(r'<[^>]+>', '', c)).strip() for c in re.findall(r'<t[hd][^>]*>(.*?)</t[hd]>', row, re.S)]
+            for row in re.findall(r'<tr[^>]*>(.*?)</tr>', table.group(1), re.S)] if table else []
+    return bars, rows
+
+# %% ../nbs/09_cli.ipynb #53db01cd
+class LessonProgress:
+    "What `course run` shows while a lesson runs: sections, slow cells, printed output and fastai's epochs."
+    def __init__(
+        self,
+        nb,                       # the lesson's notebook (nbformat)
+        out=None,                 # where to write (default: `sys.stdout`)
+        live: bool | None = None, # keep a status line at the bottom (default: when `out` is a terminal)
+        slow: float = 5,          # seconds: a cell that takes longer gets a line when it finishes
+        clock=time.monotonic,     # the time, in seconds
+    ):
+        self.out = out or sys.stdout
+        self.live = (hasattr(self.out, 'isatty') and self.out.isatty()) if live is None else live
+        self.slow, self.clock, self.t0 = slow, clock, clock()
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and c.source.strip()]
+        self.number, self.n_code = {i: k for k, i in enumerate(code, 1)}, len(code)  # notebook index -> "cell k of n_code"
+        self.section, self.cell, self.cell_t0, self.bars, self.tables = '', None, self.t0, [], {}
+        self.failure, self.partial, self.status_shown = None, '', False
+        self.lock, self.stop = threading.Lock(), threading.Event()
+
+    def elapsed(self) -> str: return _clock(self.clock() - self.t0)
+
+    def status(self) -> str:
+        "The status line: time since the start, section, cell, and fastai's progress."
+        parts = [self.elapsed(), self.section or 'start']
+        if self.cell in self.number: parts.append(f"cell {self.number[self.cell]}/{self.n_code}")
+        if len(self.bars) >= 2:  # fastai's training: epochs, and batches of the current epoch
+            (epochs_done, epochs, _), (batch, batches, _) = self.bars[0], self.bars[-1]
+            parts.append(f"epoch {min(epochs_done + 1, epochs)}/{epochs}, batch {batch}/{batches}")
+        elif self.bars: parts.append(f"{self.bars[0][0]}/{self.bars[0][1]}")  # e.g. predictions over a data set
+        return ' · '.join(parts)
+
+# %% ../nbs/09_cli.ipynb #037694fd
+@patch
+def _write(self: LessonProgress, text: str):
+    "Write `text` above the status line (the lock is held)."
+    if self.status_shown: self.out.write('\r\033[K')
+    self.out.write(text)
+    self.status_shown = False
+    if self.live and not self.partial:
+        self.out.write(self.status()[:shutil.get_terminal_size().columns - 1])
+        self.status_shown = True
+    self.out.flush()
+
+@patch
+def line(self: LessonProgress, text: str = ''):
+    "Write `text` as a line of its own."
+    with self.lock:
+        pending, self.partial = self.partial, ''
+        self._write((pending + '\n' if pending else '') + text + '\n')
+
+@patch
+def text(self: LessonProgress, text: str):
+    "Pass on text the lesson printed, whole lines at a time, each in its last state if it redrew itself with `\\r`."
+    with self.lock:
+        *lines, self.partial = (self.partial + text).split('\n')
+        lines = [l.rstrip('\r').rsplit('\r', 1)[-1] for l in lines]
+        self._write(''.join(l + '\n' for l in lines))
+
+# %% ../nbs/09_cli.ipynb #45b08aa3
+@patch
+def message(self: LessonProgress, msg: dict):
+    "Show what kernel message `msg` carries: printed text, or fastai's progress and epochs."
+    kind, content = msg['msg_type'], msg['content']
+    if kind == 'stream': return self.text(content['text'])
+    page = content.get('data', {}).get('text/html', '') if kind in ('display_data', 'update_display_data') else ''
+    if '<progress' not in page and 'fastprogress' not in page: return
+    self.bars, rows = fastai_progress(page)
+    key = content.get('transient', {}).get('display_id') or id(content)
+    shown = self.tables.get(key, 0)  # rows of this table printed so far, its header included
+    if len(rows) < 2 or len(rows) <= shown:  # no new epoch: the bars moved
+        with self.lock: self._write('')
+        return
+    self.tables[key] = len(rows)
+    widths = [max(len(h), 8) + 2 for h in rows[0]]
+    for row in rows[shown:]: self.line(''.join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+# %% ../nbs/09_cli.ipynb #cd2ea7f7
+@patch
+def cell_started(self: LessonProgress, cell, cell_index: int, **kwargs):
+    "nbclient's `on_cell_start` hook: a new section, or a code cell starting."
+    if title := section_title(cell):
+        self.section = title
+        self.line(f"[{self.elapsed()}] ## {title}")
+    if cell_index in self.number:
+        self.cell, self.cell_t0, self.bars = cell_index, self.clock(), []
+        with self.lock: self._write('')
+
+@patch
+def cell_executed(self: LessonProgress, cell, cell_index: int, execute_reply: dict | None = None, **kwargs):
+    "nbclient's `on_cell_executed` hook: say when a cell took a while, or failed."
+    took, self.bars = self.clock() - self.cell_t0, []
+    content, first = (execute_reply or {}).get('content', {}), _first_line(cell)
+    where = f"cell {self.number.get(cell_index, '?')}/{self.n_code}"
+    if content.get('status') == 'error' and 'raises-exception' not in cell.metadata.get('tags', []):
+        self.failure = f"{where}" + (f' (section "{self.section}")' if self.section else '') + f": {first}"
+        self.line(f"[{self.elapsed()}] {where} FAILED after {_clock(took)}: {first}")
+        self.line(_strip_ansi('\n'.join(content.get('traceback', []))) if not self.live else '\n'.join(content.get('traceback', [])))
+    elif took >= self.slow: self.line(f"[{self.elapsed()}] {where} took {_clock(took)}: {first}")
+
+# %% ../nbs/09_cli.ipynb #43fbfce0
+def _strip_ansi(text: str) -> str: return re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', text)
+
+def _first_line(cell, width: int = 70) -> str:
+    "The first line of code in `cell`, cut to `width` characters."
+    line = next((l.strip() for l in cell.source.splitlines() if l.strip()), '')
+    return line if len(line) <= width else line[:width - 3] + '...'
+
+# %% ../nbs/09_cli.ipynb #0cc26963
+@patch
+def __enter__(self: LessonProgress):
+    "In a terminal, redraw the status line every second until the lesson ends."
+    if self.live: threading.Thread(target=self._tick, daemon=True).start()
+    return self
+
+@patch
+def _tick(self: LessonProgress):
+    while not self.stop.wait(1):
+        with self.lock: self._write('')
+
+@patch
+def __exit__(self: LessonProgress, *exc):
+    self.stop.set()
+    with self.lock:
+        if self.partial: self.out.write(('\r\033[K' if self.status_shown else '') + self.partial + '\n')
+        elif self.status_shown: self.out.write('\r\033[K')
+        self.partial, self.status_shown, self.live = '', False, False  # what follows (the summary) has no status line
+        self.out.flush()
+
+# %% ../nbs/09_cli.ipynb #c2e1e440
+def save_executed(
+    nb,          # the executed notebook
+    dest: Path,  # where the .ipynb goes; the .html goes beside it
+) -> tuple[Path, Path]:
+    "Save the executed notebook `nb` to `dest`, and as HTML beside it; return both paths."
+    import nbformat
+    from nbconvert import HTMLExporter
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    dest.with_suffix('.html').write_text(page, encoding='utf-8')
+    return dest, dest.with_suffix('.html')
+
+# %% ../nbs/09_cli.ipynb #d3d69dbe
 def run_lesson(
     path: Path,          # the lesson's notebook
-    out_dir: Path,       # the folder for the executed copy
+    out_dir: Path,       # the folder for the executed copies (.ipynb and .html)
     timeout: int = 3600, # seconds one cell may take
+    out=None,            # where to write the progress (default: `sys.stdout`)
 ) -> int:
-    "Execute the lesson at `path` and print its output; 0 if it ran cleanly."
+    "Execute the lesson at `path`, showing its progress; save it executed, as a notebook and as HTML; 0 if it ran cleanly."
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
+    from course_utils.ledger import read_results
     nb = nbformat.read(path, as_version=4)
-    print(f"Running {path.name} (this trains models: minutes on a CPU)...", flush=True)
-    t0, rc = time.perf_counter(), 0
-    try: NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}}).execute()
-    except CellExecutionError: rc = 1
-    out_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out_dir / path.name)
-    print(_printed(nb))
-    status = 'finished' if rc == 0 else 'FAILED'
-    print(f"{path.name} {status} in {time.perf_counter() - t0:.0f} s; executed notebook: {out_dir / path.name}")
+    ledger = Path(os.environ.get('COURSE_RESULTS') or out_dir / 'results.jsonl').resolve()  # the kernel runs in nbs/lessons
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    before = len(read_results(ledger)) if ledger.exists() else 0
+    progress, rc = LessonProgress(nb, out), 0
+    progress.line(f"Running {path.name}: {progress.n_code} code cells (this trains models: minutes on a CPU)...")
+    client = NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}},
+                            on_cell_start=progress.cell_started, on_cell_executed=progress.cell_executed)
+    process = client.process_message
+    def process_message(msg, cell, cell_index):
+        progress.message(msg)
+        return process(msg, cell, cell_index)
+    client.process_message = process_message
+    kernel_log = out_dir / f'{path.stem}.kernel.log'
+    kernel_log.parent.mkdir(parents=True, exist_ok=True)
+    with progress, open(kernel_log, 'wb') as log:
+        try: client.execute(env=dict(os.environ, COURSE_RESULTS=str(ledger)), stdout=log, stderr=log)
+        except (CellControlSignal, DeadKernelError) as e:  # a cell failed or timed out, or the kernel died
+            rc = 1
+            if progress.failure is None: progress.failure = f"cell {progress.number.get(progress.cell, '?')}/{progress.n_code}: {type(e).__name__}: {str(e).strip()[:200]}"
+        except KeyboardInterrupt: rc, progress.failure = 130, f"interrupted at cell {progress.number.get(progress.cell, '?')}/{progress.n_code}"
+    saved = save_executed(nb, out_dir / path.name)
+    try: rows = read_results(ledger)[before:] if ledger.exists() else []
+    except ValueError as e:
+        rows = []
+        progress.line(f"Could not read the results ledger: {e}")
+    if rows: progress.line(f"\nResults of this run (added to {ledger}):\n{results_table(rows)}\n")
+    status = 'finished' if rc == 0 else f"FAILED at {progress.failure}" if rc == 1 else f"stopped: {progress.failure}"
+    progress.line(f"{path.name} {status} after {progress.elapsed()}.\nExecuted notebook: {saved[0]}\nAs HTML, with its plots: {saved[1]}"
+                  + (f"\nThe kernel's own log: {kernel_log}" if rc else ''))
     return rc
+
+# %% ../nbs/09_cli.ipynb #db97dc33
+METRIC_KINDS = {  # kind: the word that names its metrics, which way is better, the scale, and one panel per lesson?
+    'error rate': ('error_rate', 'lower is better', 'log', False),
+    'accuracy': ('accuracy', 'higher is better', 'linear', False),
+    'mean squared error': ('mse', 'lower is better', 'log', True),
+    'other': ('', '', 'linear', True),
+}
+
+# %% ../nbs/09_cli.ipynb #2ba179bc
+def metric_kind(metric: str) -> str:
+    "The panel of `METRIC_KINDS` that `metric` (e.g. 'error_rate_unfrozen', 'biwi_valid_mse') goes in."
+    for kind, (word, *_) in METRIC_KINDS.items():
+        if word and (metric == word or metric.startswith(word + '_') or metric.endswith('_' + word)): return kind
+    return 'other'
+
+# %% ../nbs/09_cli.ipynb #e20eb1a8
+def results_table(rows: list[dict]) -> str:
+    "The ledger's `rows` as a plain-text table: lesson, metric, this run's value, the book's, and the data used."
+    head = ('lesson', 'metric', 'this run', 'book', 'data')
+    body = [(str(r['lesson']), str(r['metric']), f"{r['value']:.4g}", f"{r['book']:.4g}", str(r['data'])) for r in rows]
+    widths = [max(map(len, col)) for col in zip(head, *body)]
+    fmt = lambda cells: '  '.join(c.rjust(w) if i in (2, 3) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return '\n'.join([fmt(head), fmt(['-' * w for w in widths]), *map(fmt, body)])
+
+# %% ../nbs/09_cli.ipynb #104e3068
+def _row_label(lesson: str, metric: str) -> str:
+    "A figure row's label: the lesson, and the metric's name without the word its panel already says."
+    word = METRIC_KINDS[metric_kind(metric)][0]
+    rest = metric if not word else re.sub(rf'^{word}_?|_{word}$', '', metric)
+    return f"{lesson} · {rest}" if rest else lesson
+
+# %% ../nbs/09_cli.ipynb #79ac2e22
+_STYLE = {  # matplotlib styles of the book's figure and of runs on real and sample data
+    'book': dict(marker='|', markersize=18, markeredgewidth=3, color='black', linestyle='none', label="the book's figure"),
+    'real': dict(marker='o', markersize=8, color='tab:blue', linestyle='none', label='this machine, real data'),
+    'sample': dict(marker='s', markersize=8, markerfacecolor='white', markeredgewidth=2, color='tab:orange', linestyle='none',
+                   label='this machine, sample data (not comparable)'),
+}
+
+def _marker(kind: str) -> dict: return {k: v for k, v in _STYLE[kind].items() if k != 'label'}
+
+def plot_results(
+    rows: list[dict], # the ledger's rows (`course_utils.ledger.read_results`)
+    dest: Path,       # the PNG to write
+    title: str = "Each lesson's headline metric: runs on this machine beside the book's figure",
+) -> Path:
+    "Draw every row of the ledger beside the book's figure, one panel per kind of metric; save it as a PNG at `dest`."
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+    rows = [r for r in rows if math.isfinite(r['value']) and math.isfinite(r['book'])]
+    if not rows: raise ValueError('no results to draw')
+    keys = list(dict.fromkeys((r['lesson'], r['metric']) for r in sorted(rows, key=lambda r: r['lesson'])))
+    panel = lambda k: (metric_kind(k[1]), k[0] if METRIC_KINDS[metric_kind(k[1])][3] else '')
+    panels = {p: [k for k in keys if panel(k) == p] for p in sorted(set(map(panel, keys)), key=lambda p: (list(METRIC_KINDS).index(p[0]), p[1]))}
+    fig = Figure(figsize=(10, 1.3 + 0.36 * len(keys) + 0.8 * len(panels)), layout='constrained')
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw=dict(height_ratios=[len(ks) + 1.5 for ks in panels.values()]))[:, 0]
+    for ax, ((kind, lesson), ks) in zip(axes, panels.items()):
+        _, better, scale, _ = METRIC_KINDS[kind]
+        y = {k: i for i, k in enumerate(ks)}
+        mine = [r for r in rows if (r['lesson'], r['metric']) in y]
+        values = [v for r in mine for v in (r['value'], r['book'])]
+        if scale == 'log':
+            ax.set_xscale('log')
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))  # 0.001 rather than 10^-3
+            narrow = lambda ax=ax: math.log10(ax.get_xlim()[1] / ax.get_xlim()[0]) <= 1.2  # a decade or so: label the minor ticks too
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _, narrow=narrow: f'{v:g}' if narrow() else ''))
+            floor = min([v for v in values if v > 0] or [1e-3]) / 3
+        at = lambda v: v if scale != 'log' or v > 0 else floor
+        for i in range(0, len(ks), 2): ax.axhspan(i - 0.5, i + 0.5, color='0.95', zorder=0)
+        for r in mine:
+            row = y[r['lesson'], r['metric']]
+            ax.plot([at(r['book']), at(r['value'])], [row, row], color='0.6', linewidth=1, zorder=1)
+            ax.plot([at(r['value'])], [row], zorder=3, **_marker(r['data'] if r['data'] in _STYLE else 'real'))
+            if scale == 'log' and r['value'] <= 0: ax.annotate('0', (floor, row), textcoords='offset points', xytext=(0, 7), ha='center', fontsize=8)
+        for k, row in y.items():
+            book = [r['book'] for r in mine if (r['lesson'], r['metric']) == k][-1]
+            ax.plot([at(book)], [row], zorder=2, **_marker('book'))
+        ax.set_yticks(range(len(ks)), [_row_label(*k) for k in ks])
+        ax.set_ylim(len(ks) - 0.5, -0.5)
+        if kind == 'accuracy': ax.set_xlim(max(0, min(values) - 0.05), 1.005)
+        if scale == 'log' and (shown := [at(v) for v in values]) and max(shown) / min(shown) < 2.5:
+            middle = math.sqrt(max(shown) * min(shown))  # at least a factor 2.5 across, so that a 1% difference looks small
+            ax.set_xlim(middle / math.sqrt(2.5), middle * math.sqrt(2.5))
+        ax.set_xlabel(f"{kind}{' in ' + lesson if lesson else ''}{', ' + better if better else ''}{' (log scale)' if scale == 'log' else ''}")
+        ax.grid(axis='x', which='major', color='0.85')
+        ax.set_axisbelow(True)
+        ax.tick_params(axis='y', length=0)
+    shown = ['book'] + [d for d in ('real', 'sample') if any(r['data'] == d for r in rows)]
+    fig.legend(handles=[Line2D([], [], **_STYLE[d]) for d in shown], loc='outside lower center', ncol=len(shown), frameon=False)
+    fig.suptitle(title, fontsize=12)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=120)
+    return dest
+
+# %% ../nbs/09_cli.ipynb #19c98899
+def default_ledger(root: Path) -> Path:
+    "The results ledger: the file `COURSE_RESULTS` names, else `artifacts/runs/results.jsonl` in the checkout `root`."
+    return Path(os.environ.get('COURSE_RESULTS') or root / 'artifacts' / 'runs' / 'results.jsonl')
+
+# %% ../nbs/09_cli.ipynb #21f1a1cb
+def report_results(
+    ledger: Path,            # the results ledger to read
+    dest: Path | None = None, # the PNG to write (default: beside the ledger, named like it)
+) -> Path:
+    "Print the results ledger as a table and draw it as a figure; return the PNG's path."
+    from course_utils.ledger import read_results
+    if not Path(ledger).is_file():
+        raise SystemExit(f"No results ledger at {ledger}: `course run <lesson>` writes one there (or set COURSE_RESULTS).")
+    rows = read_results(ledger)
+    if not rows: raise SystemExit(f"The results ledger {ledger} is empty: run a lesson first (`course run 01`).")
+    print(f"{len(rows)} results from {ledger}:\n{results_table(rows)}")
+    png = plot_results(rows, dest or Path(ledger).with_suffix('.png'))
+    print(f"Figure: {png}")
+    return png
+
+# %% ../nbs/09_cli.ipynb #2e6a869b
+_ROOT_DIR_OPTIONS = ('--notebook-dir', '--ServerApp.root_dir', '--ServerApp.notebook_dir', '--NotebookApp.notebook_dir')
+
+def lab_command(
+    root: Path,              # the checkout, `repo_root()`
+    extra: list[str] = (),   # options for JupyterLab
+    euid: int | None = None, # the user id we run as (default: this process's)
+) -> list[str]:
+    "The command that opens the lessons in JupyterLab with the options `extra`, adding `--allow-root` for root."
+    if euid is None: euid = os.geteuid() if hasattr(os, 'geteuid') else -1  # Windows has no root
+    own_folder = any(a.split('=', 1)[0] in _ROOT_DIR_OPTIONS for a in extra)
+    cmd = [sys.executable, '-m', 'jupyter', 'lab', *([] if own_folder else [str(root / 'nbs' / 'lessons')]), *extra]
+    return cmd + ['--allow-root'] if euid == 0 and '--allow-root' not in extra else cmd
 
 # %% ../nbs/09_cli.ipynb #416437d1
 APPS = {'bears': 'bear_classifier.ipynb', 'pets': 'cat_or_dog.ipynb'}
@@ -146,26 +466,34 @@ def app_server(
                 proc.kill()
                 proc.wait()
 
-# %% ../nbs/09_cli.ipynb #aa05c9f7
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `course` command."
+# %% ../nbs/09_cli.ipynb #3f7127e9
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    "The `course` command's arguments, and the options left over for JupyterLab or Voila."
     ap = argparse.ArgumentParser(prog='course', description="Run the lessons of Practical Deep Learning for Coders (2020).")
     sub = ap.add_subparsers(dest='cmd', required=True)
     sub.add_parser('list', help='list the lessons')
-    run = sub.add_parser('run', help='execute a lesson headless and print its results')
+    run = sub.add_parser('run', help='execute a lesson headless, showing its progress; save it as .ipynb and .html')
     run.add_argument('lesson', help="lesson number or name, e.g. 01 or 01_intro")
     run.add_argument('--sample', action='store_true', help='use the offline sample data even when online')
-    lab = sub.add_parser('lab', help='open the lessons in JupyterLab')
-    lab.add_argument('args', nargs=argparse.REMAINDER, help='extra arguments for jupyter lab')
+    sub.add_parser('lab', allow_abbrev=False, help='open the lessons in JupyterLab (other options go to JupyterLab)')
     make = sub.add_parser('make-model', help='train a small model for an app and save it where the app looks')
     make.add_argument('kind', choices=list(APPS), help='which app the model is for')
     make.add_argument('--sample', action='store_true', help='train on the offline sample data even when online')
     make.add_argument('--dest', type=Path, help='folder to save it in (default: where the app looks)')
-    app = sub.add_parser('app', help='serve an app with Voila')
+    app = sub.add_parser('app', help='serve an app with Voila (other options go to Voila)')
     app.add_argument('kind', choices=list(APPS), help='which app')
     app.add_argument('--port', type=int, default=8866)
-    a, extra = ap.parse_known_args(argv)  # `course app` passes options it does not know on to voila
-    if extra and a.cmd != 'app': ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    report = sub.add_parser('report', help="draw the results ledger: every lesson's metric beside the book's, as a PNG and a table")
+    report.add_argument('ledger', nargs='?', type=Path, help='the results ledger (default: $COURSE_RESULTS, else artifacts/runs/results.jsonl)')
+    report.add_argument('--out', type=Path, help='the PNG to write (default: beside the ledger, named like it)')
+    a, extra = ap.parse_known_args(argv)
+    if extra and a.cmd not in ('app', 'lab'): ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    return a, extra
+
+# %% ../nbs/09_cli.ipynb #aa05c9f7
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `course` command."
+    a, extra = parse_args(argv)
     root = repo_root()
     if a.cmd == 'list':
         for p in lessons(root): print(p.stem)
@@ -177,4 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         train_demo_model(a.kind, a.dest)
         return 0
     if a.cmd == 'app': return serve_app(root, a.kind, a.port, extra)
-    return subprocess.call([sys.executable, '-m', 'jupyter', 'lab', str(root / 'nbs' / 'lessons'), *a.args])
+    if a.cmd == 'report':
+        report_results(a.ledger or default_ledger(root), a.out)
+        return 0
+    cmd = lab_command(root, extra)
+    print(f"Starting JupyterLab: jupyter {' '.join(cmd[3:])}", flush=True)
+    if os.name != 'posix': return subprocess.call(cmd)
+    os.execv(cmd[0], cmd)  # JupyterLab takes this process over, so that Ctrl+C and other signals reach it directly

@@ -19,13 +19,14 @@ from urllib.parse import urlparse
 
 from fastai.data.external import URLs, fastai_cfg, fastai_path, untar_data
 from fastcore.net import urldest
+from PIL import Image
 
 from .core import note_data_kind, online, sample_requested
 from .samples import SAMPLE_BUILDERS, SAMPLES_VERSION
 
 # %% auto #0
-__all__ = ['BEARS', 'dataset_name', 'archive_path', 'real_path', 'sample_path', 'DataDownloadError', 'download_real',
-           'course_data']
+__all__ = ['BEARS', 'REAL_LAYOUTS', 'dataset_name', 'archive_path', 'real_path', 'sample_path', 'DataDownloadError',
+           'download_real', 'DataFolderError', 'check_real_data', 'course_data']
 
 # %% ../nbs/01_data.ipynb #f5b2655d
 BEARS = 'bears'
@@ -82,6 +83,57 @@ def download_real(url: str, timeout: float = 30.0) -> Path:
                                 f"it was deleted, run the cell again.") from None
     finally: socket.setdefaulttimeout(old)
 
+# %% ../nbs/01_data.ipynb #b467a3cb
+class DataFolderError(RuntimeError):
+    "A real data set in fastai's cache is incomplete or has unreadable files."
+
+# %% ../nbs/01_data.ipynb #63fb980d
+REAL_LAYOUTS = {  # what a complete real data set holds: files the lessons read, and folders of images
+    'oxford-iiit-pet': dict(images=['images']),
+    'mnist_sample': dict(files=['labels.csv'], images=['train/3', 'train/7', 'valid/3', 'valid/7']),
+    'pascal_2007': dict(files=['train.csv'], images=['train']),
+    'biwi_head_pose': dict(files=['01/rgb.cal'], images=['01', '13']),
+    'ml-100k': dict(files=['u.data', 'u.item', 'u.user']),
+}
+
+# %% ../nbs/01_data.ipynb #5290ea30
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+def _spread(items: list, n: int) -> list:
+    "At most `n` of `items`, evenly spaced, the first and the last included."
+    if len(items) <= n: return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+# %% ../nbs/01_data.ipynb #d74c31f6
+def _unreadable(f: Path) -> str | None:
+    "Why the image `f` cannot be read completely, or None when it can."
+    try:
+        with Image.open(f) as im: im.load()  # `open` reads the header only; `load` decodes every pixel
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e: return type(e).__name__
+    return None
+
+# %% ../nbs/01_data.ipynb #8512ebbe
+def check_real_data(
+    name: str,         # the data set's folder name, e.g. 'oxford-iiit-pet'
+    path: Path,        # its folder in fastai's cache
+    n_open: int = 8,   # how many images to open completely, spread over its image folders
+) -> Path:
+    "`path` if it holds what the layout of `name` promises; else a `DataFolderError` naming the folder and what to do."
+    layout, path = REAL_LAYOUTS.get(name, {}), Path(path)
+    problems = [f"{f} is missing" for f in layout.get('files', []) if not (path / f).is_file()]
+    images = []
+    for d in layout.get('images', []):
+        found = sorted((e for e in os.scandir(path / d) if e.name.lower().endswith(_IMAGE_SUFFIXES)),
+                       key=lambda e: e.name) if (path / d).is_dir() else []
+        if not found: problems.append(f"{d}/ holds no images")
+        problems += [f"{d}/{e.name} is empty" for e in found if e.stat().st_size == 0]
+        images += _spread([Path(e.path) for e in found], max(1, n_open // len(layout['images'])))
+    problems += [f"{f.relative_to(path)} cannot be read ({why})" for f in images if (why := _unreadable(f))]
+    if not problems: return path
+    shown = '; '.join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else '')
+    raise DataFolderError(f"The {name} data set in {path} is incomplete or damaged: {shown}. Delete that folder to "
+                          f"download the data set again (rm -r '{path}'), or set COURSE_SAMPLE=1 to use the offline sample.")
+
 # %% ../nbs/01_data.ipynb #2c169302
 def _server_answers(url: str) -> bool:
     u = urlparse(url)
@@ -96,6 +148,7 @@ def _build_sample(url: str) -> Path:
     name = dataset_name(url)
     if name not in SAMPLE_BUILDERS:
         raise ValueError(f"No offline sample for {url!r}; samples exist for: {', '.join(sorted(SAMPLE_BUILDERS))}")
+    print(f"Building the offline sample of {name} (a few seconds)...", flush=True)
     tmp = dest.with_name(f'{dest.name}.building-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     SAMPLE_BUILDERS[name](tmp)
@@ -113,6 +166,7 @@ def course_data(url: str) -> Path:
     if not sample_requested():
         real = real_path(url)
         if _has_files(real):
+            check_real_data(name, real)
             note_data_kind(name, 'real')
             return real
         if url != BEARS and _server_answers(url):

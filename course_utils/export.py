@@ -168,6 +168,15 @@ def cat_or_dog(path) -> str:
     "Label of a Pets picture: cat breeds are capitalised in the file names."
     return 'cat' if Path(path).name[0].isupper() else 'dog'
 
+# %% ../nbs/07_export.ipynb #2dbe5e25
+def _epoch_logger(learn):
+    "A fastai `logger` for `learn` that prints one line per epoch: its number, losses, metrics and time."
+    def log(values):
+        names, (epoch, *rest) = learn.recorder.metric_names, values
+        shown = [f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(names[1:], rest)]
+        print(f"epoch {epoch + 1}/{learn.n_epoch}: " + ' · '.join(shown), flush=True)
+    return log
+
 # %% ../nbs/07_export.ipynb #758c3a50
 def train_demo_model(
     kind: str = 'bears',       # 'bears' or 'pets'
@@ -198,7 +207,10 @@ def train_demo_model(
                                           item_tfms=Resize(size), bs=scale(64, sample=16))
     use_pretrained = pretrained(arch)
     learn = vision_learner(dls, arch, metrics=accuracy, pretrained=use_pretrained)
-    with learn.no_bar(), learn.no_logging():
+    how = f"pretrained weights, one epoch with its body frozen, then {epochs} epochs" if use_pretrained else f"random weights, {epochs} epochs"
+    print(f"Training a {kind} model on {len(files)} images at {size} px: {getattr(arch, '__name__', arch)} from {how}...", flush=True)
+    learn.logger = _epoch_logger(learn)  # a line per epoch in place of fastai's table
+    with learn.no_bar():
         if use_pretrained: learn.fine_tune(epochs)
         else: learn.fit_one_cycle(epochs, 1e-2)  # from scratch: a higher rate than fine-tuning
         acc = float(learn.validate()[1])

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-
-from .core import using_sample_data
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['BOOK', 'book_figure', 'report']
+__all__ = ['BOOK', 'book_figure', 'report', 'read_results']
 
 # %% ../nbs/03_ledger.ipynb #8026ef9b
 BOOK = {  # the book's figure for each headline metric a lesson reports
@@ -55,6 +54,7 @@ def report(
     note: str = '', # printed after the figures, e.g. how the value was chosen
 ) -> dict:
     "Print `metric` of this run beside the book's figure; append it to `$COURSE_RESULTS` if set."
+    from course_utils.core import using_sample_data  # imports fastai, which `read_results` below does without
     data, book = 'sample' if using_sample_data() else 'real', book_figure(lesson, metric)
     row = {'lesson': lesson, 'metric': metric, 'value': round(_as_float(value), 6), 'book': book, 'data': data}
     caveat = ' (sample data: not comparable)' if data == 'sample' else ''
@@ -62,3 +62,18 @@ def report(
     if os.environ.get('COURSE_RESULTS'):
         with open(os.environ['COURSE_RESULTS'], 'a') as fh: fh.write(json.dumps(row) + '\n')
     return row
+
+# %% ../nbs/03_ledger.ipynb #89be4983
+_ROW_KEYS = {'lesson', 'metric', 'value', 'book', 'data'}
+
+def read_results(path) -> list[dict]:
+    "The rows of the results ledger at `path`, in the order they were written (blank lines skipped)."
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError: row = None
+        if not isinstance(row, dict) or not _ROW_KEYS <= set(row):
+            raise ValueError(f"{path}, line {n}: not a results row (a JSON object with {', '.join(sorted(_ROW_KEYS))}): {line[:80]!r}")
+        rows.append(row)
+    return rows
