@@ -24,6 +24,8 @@ from pathlib import Path
 
 from fastcore.basics import patch
 
+from .course_map import course_map_text
+
 # %% auto #0
 __all__ = ['METRIC_KINDS', 'APPS', 'repo_root', 'lessons', 'find_lesson', 'section_title', 'fastai_progress', 'LessonProgress',
            'save_executed', 'run_lesson', 'metric_kind', 'results_table', 'plot_results', 'default_ledger',
@@ -471,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     "The `course` command's arguments, and the options left over for JupyterLab or Voila."
     ap = argparse.ArgumentParser(prog='course', description="Run the lessons of Practical Deep Learning for Coders (2020).")
     sub = ap.add_subparsers(dest='cmd', required=True)
-    sub.add_parser('list', help='list the lessons')
+    sub.add_parser('list', help='list the lesson notebooks, and where each lesson of the course is in them')
     run = sub.add_parser('run', help='execute a lesson headless, showing its progress; save it as .ipynb and .html')
     run.add_argument('lesson', help="lesson number or name, e.g. 01 or 01_intro")
     run.add_argument('--sample', action='store_true', help='use the offline sample data even when online')
@@ -497,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     root = repo_root()
     if a.cmd == 'list':
         for p in lessons(root): print(p.stem)
+        print('\nThe course, lesson by lesson:\n' + course_map_text())
         return 0
     if a.cmd in ('run', 'make-model') and a.sample: os.environ['COURSE_SAMPLE'] = '1'
     if a.cmd == 'run': return run_lesson(find_lesson(root, a.lesson), root / 'artifacts' / 'runs')
