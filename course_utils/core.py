@@ -14,12 +14,13 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 from fastai.callback.core import Callback
 
 # %% auto #0
 __all__ = ['platform_name', 'has_gpu', 'offline_forced', 'online', 'sample_requested', 'note_data_kind', 'using_sample_data',
-           'scale', 'weights_file', 'pretrained', 'cpu_bf16_supported', 'CPUSpeedup', 'CourseEnv', 'setup_course']
+           'scale', 'weights_source', 'pretrained', 'cpu_bf16_supported', 'CPUSpeedup', 'CourseEnv', 'setup_course']
 
 # %% ../nbs/00_core.ipynb #064203da
 def platform_name() -> str:
@@ -82,12 +83,15 @@ def scale(full, sample=None):
     raise TypeError(f"scale({full!r}) needs an explicit `sample=` value for non-numbers")
 
 # %% ../nbs/00_core.ipynb #e4eae45c
-def weights_file(arch) -> Path | None:
-    "Where PyTorch caches the default ImageNet weights of torchvision `arch` (None if it has none)."
+def weights_source(arch) -> tuple[str, Path] | None:
+    "Where the default pretrained weights of `arch` come from and where they are cached (None if it has none)."
     import torch, torchvision
+    if getattr(arch, '__name__', '') == 'AWD_LSTM':  # fastai's language model trained on Wikipedia, for text
+        from fastai.data.external import URLs, fastai_path
+        return URLs.WT103_FWD, fastai_path('model') / 'wt103-fwd'
     try: url = torchvision.models.get_model_weights(arch).DEFAULT.url
     except (ValueError, AttributeError, KeyError): return None
-    return Path(torch.hub.get_dir()) / 'checkpoints' / url.rsplit('/', 1)[-1]
+    return url, Path(torch.hub.get_dir()) / 'checkpoints' / url.rsplit('/', 1)[-1]
 
 # %% ../nbs/00_core.ipynb #57dcbc96
 def pretrained(arch, quiet: bool = False) -> bool:
@@ -96,8 +100,8 @@ def pretrained(arch, quiet: bool = False) -> bool:
     if using_sample_data():
         if not quiet: print(f"Note: on sample data, {name} starts from random weights, as the lessons' sample settings expect.")
         return False
-    f = weights_file(arch)
-    ok = f is not None and (f.exists() or online('download.pytorch.org'))
+    src = weights_source(arch)
+    ok = src is not None and (src[1].exists() or online(urlparse(src[0]).hostname))
     if not ok and not quiet:
         print(f"Note: no pretrained weights for {name} here (offline, not cached): "
               "training from random weights, so results will differ from the book.")

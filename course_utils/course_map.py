@@ -33,7 +33,7 @@ class CourseLesson:
 
 # %% ../nbs/13_course_map.ipynb #ca975f9f
 COURSE_MAP = (
-    CourseLesson(1, 'Your first models: cats and dogs, and a tour of vision, text, tabular data and recommendations',
+    CourseLesson(1, 'Your first models: cats and dogs, what a first layer learns, and a tour of segmentation, text, tabular data and recommendations',
                  (Part('01_intro'),)),
     CourseLesson(2, 'From a web search to a trained model; data augmentation; cleaning with the model; p-values',
                  (Part('02_production', ('Gathering the pictures', 'From files to `DataLoaders`', 'Training',

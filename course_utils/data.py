@@ -94,6 +94,10 @@ REAL_LAYOUTS = {  # what a complete real data set holds: files the lessons read,
     'pascal_2007': dict(files=['train.csv'], images=['train']),
     'biwi_head_pose': dict(files=['01/rgb.cal'], images=['01', '13']),
     'ml-100k': dict(files=['u.data', 'u.item', 'u.user']),
+    'camvid_tiny': dict(files=['codes.txt'], images=['images', 'labels']),
+    'imdb_sample': dict(files=['texts.csv']),
+    'adult_sample': dict(files=['adult.csv']),
+    'movie_lens_sample': dict(files=['ratings.csv']),
 }
 
 # %% ../nbs/01_data.ipynb #5290ea30

@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # %% auto #0
-__all__ = ['PET_CATS', 'PET_DOGS', 'PET_BREEDS', 'PASCAL_CLASSES', 'BIWI_FOLDERS', 'ML100K_SAMPLE', 'BEAR_TYPES',
-           'SAMPLES_VERSION', 'SAMPLE_BUILDERS', 'build_pets', 'build_mnist_sample', 'build_pascal_2007',
-           'build_biwi_head_pose', 'build_ml_100k', 'ml100k_sample_noise', 'build_bears']
+__all__ = ['PET_CATS', 'PET_DOGS', 'PET_BREEDS', 'PASCAL_CLASSES', 'BIWI_FOLDERS', 'ML100K_SAMPLE', 'BEAR_TYPES', 'CAMVID_CODES',
+           'ML_SAMPLE', 'SAMPLES_VERSION', 'SAMPLE_BUILDERS', 'build_pets', 'build_mnist_sample', 'build_pascal_2007',
+           'build_biwi_head_pose', 'build_ml_100k', 'ml100k_sample_noise', 'build_bears', 'build_camvid_tiny',
+           'build_imdb_sample', 'build_adult_sample', 'build_movie_lens_sample']
 
 # %% ../nbs/02_samples.ipynb #26b97eef
 def _rng(seed: int) -> np.random.Generator: return np.random.default_rng(seed)
@@ -328,6 +329,168 @@ def build_bears(dest: Path, n_per_type: int = 40, seed: int = 42) -> Path:
     (dest / 'teddy' / f'{n_per_type + 1:08d}.jpg').write_bytes(good.getvalue()[:len(good.getvalue()) // 3])
     return dest
 
+# %% ../nbs/02_samples.ipynb #69dfcb76
+CAMVID_CODES = ['Animal', 'Archway', 'Bicyclist', 'Bridge', 'Building', 'Car', 'CartLuggagePram', 'Child',
+                'Column_Pole', 'Fence', 'LaneMkgsDriv', 'LaneMkgsNonDriv', 'Misc_Text', 'MotorcycleScooter',
+                'OtherMoving', 'ParkingBlock', 'Pedestrian', 'Road', 'RoadShoulder', 'Sidewalk', 'SignSymbol', 'Sky',
+                'SUVPickupTruck', 'TrafficCone', 'TrafficLight', 'Train', 'Tree', 'Truck_Bus', 'Tunnel',
+                'VegetationMisc', 'Void', 'Wall']
+
+# %% ../nbs/02_samples.ipynb #d7538183
+_STREET = {'Sky': (110, 160, 215), 'Building': (125, 110, 100), 'Road': (80, 80, 85), 'Sidewalk': (175, 165, 150),
+           'Tree': (50, 115, 45), 'Car': (190, 30, 40), 'LaneMkgsDriv': (235, 235, 225), 'Column_Pole': (60, 50, 40)}
+
+def _draw_street(rng, w: int, h: int) -> tuple[Image.Image, Image.Image]:
+    "A street scene and its mask of `CAMVID_CODES` indices."
+    img, mask = Image.new('RGB', (w, h)), Image.new('L', (w, h))
+    di, dm = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    def paint(shape, xy, cls, **kw):
+        getattr(di, shape)(xy, fill=_jitter(rng, _STREET[cls], 10), **kw)
+        getattr(dm, shape)(xy, fill=CAMVID_CODES.index(cls), **kw)
+    horizon = int(h * rng.uniform(0.38, 0.5))
+    paint('rectangle', [0, 0, w, horizon], 'Sky')
+    x = 0
+    while x < w:  # buildings of different widths and heights along the horizon
+        bw = int(rng.uniform(0.12, 0.3) * w)
+        paint('rectangle', [x, int(horizon * rng.uniform(0.1, 0.6)), x + bw, horizon], 'Building')
+        x += bw
+    for _ in range(rng.integers(0, 3)):
+        cx, r = rng.uniform(0, w), rng.uniform(0.06, 0.12) * w
+        paint('ellipse', [cx - r, horizon - 2.2 * r, cx + r, horizon], 'Tree')
+    paint('rectangle', [0, horizon, w, h], 'Sidewalk')
+    paint('polygon', [(w * 0.42, horizon), (w * 0.58, horizon), (w * 1.1, h), (-w * 0.1, h)], 'Road')
+    for t in np.linspace(0.1, 0.9, 4):  # a dashed centre line, wider towards the camera
+        y0, y1, hw = horizon + (h - horizon) * t, horizon + (h - horizon) * (t + 0.08), 0.5 + 2 * t
+        paint('polygon', [(w / 2 - hw, y0), (w / 2 + hw, y0), (w / 2 + hw * 1.3, y1), (w / 2 - hw * 1.3, y1)], 'LaneMkgsDriv')
+    for _ in range(rng.integers(1, 3)):  # cars, bigger when nearer
+        t = rng.uniform(0.15, 0.8)
+        y, cw = horizon + (h - horizon) * t, w * (0.1 + 0.25 * t)
+        cx = w / 2 + rng.choice([-1, 1]) * rng.uniform(0.1, 0.3) * w * (0.3 + t)
+        paint('rounded_rectangle', [cx - cw / 2, y - cw * 0.45, cx + cw / 2, y], 'Car', radius=max(1, int(cw / 6)))
+    for _ in range(rng.integers(0, 2)):
+        px = rng.uniform(0.05, 0.95) * w
+        paint('rectangle', [px, horizon * 0.5, px + max(1, w // 80), horizon + (h - horizon) * 0.15], 'Column_Pole')
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), mask
+
+# %% ../nbs/02_samples.ipynb #9976bf01
+_CAMVID_NAMES = ['0001TP_{:06d}', '0006R0_f{:05d}', '0016E5_{:05d}', 'Seq05VD_f{:05d}']  # the real set's four sequences
+
+# %% ../nbs/02_samples.ipynb #635621a6
+def build_camvid_tiny(dest: Path, n_images: int = 40, size: tuple[int, int] = (48, 36), seed: int = 42) -> Path:
+    "CamVid tiny layout: `images/<name>.png`, `labels/<name>_P.png` (a class index per pixel), `codes.txt`."
+    rng, dest = _rng(seed), Path(dest)
+    (dest / 'images').mkdir(parents=True, exist_ok=True)
+    (dest / 'labels').mkdir(exist_ok=True)
+    (dest / 'codes.txt').write_text('\n'.join(CAMVID_CODES) + '\n')
+    for i in range(n_images):
+        name = _CAMVID_NAMES[i % len(_CAMVID_NAMES)].format(600 + 30 * (i // len(_CAMVID_NAMES)))
+        img, mask = _draw_street(rng, *size)
+        img.save(dest / 'images' / f'{name}.png')
+        mask.save(dest / 'labels' / f'{name}_P.png')
+    return dest
+
+# %% ../nbs/02_samples.ipynb #2863fca1
+_PRAISE = ['wonderful', 'brilliant', 'moving', 'superb', 'delightful', 'gripping', 'beautiful', 'funny', 'excellent', 'touching']
+_BLAME = ['boring', 'awful', 'dull', 'clumsy', 'terrible', 'predictable', 'tedious', 'painful', 'weak', 'forgettable']
+_ASPECTS = ['acting', 'story', 'script', 'music', 'ending', 'cast', 'camera work', 'dialogue', 'pacing', 'plot']
+_NEUTRAL = ['I watched this film last night with friends.', 'The director has made several films before.',
+            'It runs for about two hours.', 'The lead actor plays a detective in a small town.',
+            'I saw it on a rainy Sunday afternoon.', 'It was released in the late nineties.',
+            'My sister recommended it to me.', 'There is a long scene in a train station.',
+            'The film is based on a novel.', 'Most of it was shot on location.']
+
+def _review(rng, positive: bool) -> str:
+    "Neutral sentences about a film with one to three verdicts in praise (or blame) of it."
+    words = _PRAISE if positive else _BLAME
+    parts = list(rng.choice(_NEUTRAL, rng.integers(2, 5), replace=False))
+    for _ in range(rng.integers(1, 4)):
+        parts.insert(rng.integers(0, len(parts) + 1), f"The {rng.choice(_ASPECTS)} was {rng.choice(words)}.")
+    if rng.random() < 0.3: parts.append(f"Overall a {rng.choice(words)} film.")
+    return ' '.join(parts)
+
+# %% ../nbs/02_samples.ipynb #66557379
+def build_imdb_sample(dest: Path, n_texts: int = 1000, valid_frac: float = 0.2, seed: int = 42) -> Path:
+    "IMDB sample layout: `texts.csv` with `label` (positive/negative), `text` and `is_valid`."
+    rng, dest = _rng(seed), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / 'texts.csv', 'w', newline='') as fh:
+        w = csv.writer(fh)
+        w.writerow(['label', 'text', 'is_valid'])
+        for _ in range(n_texts):
+            positive = rng.random() < 0.5
+            w.writerow(['positive' if positive else 'negative', _review(rng, positive), rng.random() < valid_frac])
+    return dest
+
+# %% ../nbs/02_samples.ipynb #150b0475
+_ADULT_COLUMNS = ['age', 'workclass', 'fnlwgt', 'education', 'education-num', 'marital-status', 'occupation',
+                  'relationship', 'race', 'sex', 'capital-gain', 'capital-loss', 'hours-per-week', 'native-country', 'salary']
+_EDUCATION = {'Preschool': 1, '1st-4th': 2, '5th-6th': 3, '7th-8th': 4, '9th': 5, '10th': 6, '11th': 7, '12th': 8,
+              'HS-grad': 9, 'Some-college': 10, 'Assoc-voc': 11, 'Assoc-acdm': 12, 'Bachelors': 13, 'Masters': 14,
+              'Prof-school': 15, 'Doctorate': 16}
+_EDUCATION_SHARE = np.array([1, 2, 3, 6, 5, 8, 10, 4, 90, 65, 12, 10, 48, 16, 5, 4]) / 289
+_OCCUPATION_PAY = {'Exec-managerial': 1.0, 'Prof-specialty': 0.9, 'Tech-support': 0.4, 'Sales': 0.3, 'Craft-repair': 0.0,
+                   'Adm-clerical': -0.3, 'Machine-op-inspct': -0.5, 'Transport-moving': -0.3, 'Other-service': -1.3,
+                   'Handlers-cleaners': -1.1, 'Farming-fishing': -0.8, 'Protective-serv': 0.3, 'Priv-house-serv': -2.0, '?': -0.8}
+_MARITAL = {'Married-civ-spouse': 0.46, 'Never-married': 0.33, 'Divorced': 0.14, 'Separated': 0.03, 'Widowed': 0.03,
+            'Married-spouse-absent': 0.01}
+_RELATIONSHIPS = {'Never-married': ('Not-in-family', 'Own-child'), 'Divorced': ('Not-in-family', 'Unmarried'),
+                  'Separated': ('Unmarried', 'Not-in-family'), 'Widowed': ('Unmarried', 'Not-in-family'),
+                  'Married-spouse-absent': ('Not-in-family', 'Other-relative')}
+_WORKCLASS = {'Private': 0.7, 'Self-emp-not-inc': 0.08, 'Self-emp-inc': 0.04, 'Federal-gov': 0.03, 'Local-gov': 0.06,
+              'State-gov': 0.04, 'Without-pay': 0.01, '?': 0.04}
+_RACE = {'White': 0.85, 'Black': 0.1, 'Asian-Pac-Islander': 0.03, 'Amer-Indian-Eskimo': 0.01, 'Other': 0.01}
+_COUNTRY = {'United-States': 0.9, 'Mexico': 0.04, 'Philippines': 0.02, 'Germany': 0.02, '?': 0.02}
+
+# %% ../nbs/02_samples.ipynb #615614fc
+def _adult_row(rng) -> dict:
+    "One person of the census sample; `salary` follows a known rule of education, household, occupation and age, plus noise."
+    pick = lambda shares: str(rng.choice(list(shares), p=list(shares.values())))
+    age, education, marital = int(rng.integers(17, 80)), str(rng.choice(list(_EDUCATION), p=_EDUCATION_SHARE)), pick(_MARITAL)
+    sex, occupation = 'Male' if rng.random() < 0.67 else 'Female', str(rng.choice(list(_OCCUPATION_PAY)))
+    if marital == 'Married-civ-spouse': relationship = 'Husband' if sex == 'Male' else 'Wife'
+    else: relationship = _RELATIONSHIPS[marital][int(rng.integers(2))]
+    score = (0.45 * (_EDUCATION[education] - 10) + 2.0 * (marital == 'Married-civ-spouse') + _OCCUPATION_PAY[occupation]
+             - 0.0012 * (age - 45) ** 2 + 0.03 * (age - 40) - 1.6 + rng.normal(0, 0.8))
+    return {'age': age, 'workclass': pick(_WORKCLASS), 'fnlwgt': int(rng.integers(20_000, 800_000)), 'education': education,
+            'education-num': _EDUCATION[education] if rng.random() > 0.01 else '',  # a few gaps, as in the real file
+            'marital-status': marital, 'occupation': occupation, 'relationship': relationship, 'race': pick(_RACE),
+            'sex': sex, 'capital-gain': int(rng.integers(1000, 20000)) if rng.random() < 0.08 else 0,
+            'capital-loss': int(rng.integers(200, 2500)) if rng.random() < 0.05 else 0,
+            'hours-per-week': int(np.clip(round(rng.normal(40, 11)), 1, 99)), 'native-country': pick(_COUNTRY),
+            'salary': '>=50k' if score > 0 else '<50k'}
+
+# %% ../nbs/02_samples.ipynb #006974c3
+def build_adult_sample(dest: Path, n_rows: int = 2000, seed: int = 42) -> Path:
+    "Adult sample layout: `adult.csv` with the census columns, text values starting with a space as in the real file."
+    rng, dest = _rng(seed), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / 'adult.csv', 'w', newline='') as fh:
+        w = csv.DictWriter(fh, _ADULT_COLUMNS)
+        w.writeheader()
+        for _ in range(n_rows):
+            w.writerow({k: f' {v}' if isinstance(v, str) and v and k != 'salary' else v for k, v in _adult_row(rng).items()})
+    return dest
+
+# %% ../nbs/02_samples.ipynb #bef8abfd
+ML_SAMPLE = dict(n_users=100, n_movies=100, n_ratings=6000, n_factors=5, noise=0.6, seed=42)
+
+# %% ../nbs/02_samples.ipynb #e1e77ad7
+def build_movie_lens_sample(dest: Path, **params) -> Path:
+    "MovieLens sample layout: `ratings.csv` (userId,movieId,rating,timestamp), generated from known latent factors."
+    p = {**ML_SAMPLE, **params}
+    users, movies, ratings, _, rng = _ml100k_ratings(**p)
+    user_ids, movie_ids = rng.choice(np.arange(1, 700), p['n_users'], replace=False), rng.choice(np.arange(1, 9000), p['n_movies'], replace=False)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = sorted(zip(user_ids[users].tolist(), movie_ids[movies].tolist(), ratings.tolist(),
+                      rng.integers(830_000_000, 1_460_000_000, len(ratings)).tolist()))
+    with open(dest / 'ratings.csv', 'w', newline='') as fh:
+        w = csv.writer(fh)
+        w.writerow(['userId', 'movieId', 'rating', 'timestamp'])
+        w.writerows((u, m, float(r), t) for u, m, r, t in rows)
+    return dest
+
 # %% ../nbs/02_samples.ipynb #5c578257
 SAMPLES_VERSION = 3  # raise it whenever a builder changes, so that samples already built are built again
 
@@ -339,4 +502,8 @@ SAMPLE_BUILDERS = {
     'biwi_head_pose': build_biwi_head_pose,
     'ml-100k': build_ml_100k,
     'bears': build_bears,
+    'camvid_tiny': build_camvid_tiny,
+    'imdb_sample': build_imdb_sample,
+    'adult_sample': build_adult_sample,
+    'movie_lens_sample': build_movie_lens_sample,
 }

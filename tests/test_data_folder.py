@@ -8,8 +8,9 @@ from fastai.data.external import URLs
 
 from course_utils import core, data
 from course_utils.data import REAL_LAYOUTS, DataFolderError, check_real_data, course_data, real_path, sample_path
-from course_utils.samples import (SAMPLE_BUILDERS, build_biwi_head_pose, build_ml_100k, build_mnist_sample, build_pascal_2007,
-                                  build_pets)
+from course_utils.samples import (SAMPLE_BUILDERS, build_adult_sample, build_biwi_head_pose, build_camvid_tiny,
+                                  build_imdb_sample, build_ml_100k, build_mnist_sample, build_movie_lens_sample,
+                                  build_pascal_2007, build_pets)
 
 SMALL = {  # each checked layout's sample builder, made small: these stand in for the real data sets
     'oxford-iiit-pet': lambda d: build_pets(d, n_per_breed=1),
@@ -17,6 +18,10 @@ SMALL = {  # each checked layout's sample builder, made small: these stand in fo
     'pascal_2007': lambda d: build_pascal_2007(d, n_images=16),
     'biwi_head_pose': lambda d: build_biwi_head_pose(d, frames_per_folder=1),
     'ml-100k': lambda d: build_ml_100k(d, n_users=20, n_movies=30, n_ratings=200),
+    'camvid_tiny': lambda d: build_camvid_tiny(d, n_images=4),
+    'imdb_sample': lambda d: build_imdb_sample(d, n_texts=20),
+    'adult_sample': lambda d: build_adult_sample(d, n_rows=20),
+    'movie_lens_sample': lambda d: build_movie_lens_sample(d, n_users=20, n_movies=30, n_ratings=200),
 }
 
 

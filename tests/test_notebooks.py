@@ -1,4 +1,4 @@
-"""Every notebook runs top to bottom in sample mode; lessons' trained models beat chance."""
+"""Every notebook runs top to bottom in sample mode; the app notebooks explain what to do without a model."""
 import json
 
 import pytest
@@ -14,15 +14,6 @@ NOTEBOOKS = sorted(str(p.relative_to(NBS)) for p in NBS.rglob('*.ipynb')
 def test_notebook_runs(nb):
     run = run_notebook(nb)
     assert run.error is None, f"{nb} failed:\n{run.error[-4000:]}"
-
-
-@pytest.mark.notebook('lessons/01_intro.ipynb')
-def test_lesson1_beats_chance():
-    run = run_notebook('lessons/01_intro.ipynb')
-    rows = [r for r in run.results if r['lesson'] == '01_intro']
-    assert [r['data'] for r in rows] == ['sample']
-    # A third of the pets are cats: always answering "dog" gives an error rate of about 0.32.
-    assert run.metric('error_rate') < 0.15
 
 
 @pytest.mark.parametrize('app_nb, name', [('apps/bear_classifier.ipynb', 'bears'), ('apps/cat_or_dog.ipynb', 'pets')])
