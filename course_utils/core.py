@@ -116,15 +116,16 @@ def cpu_bf16_supported() -> bool:
 
 # %% ../nbs/00_core.ipynb #a527fe2f
 class CPUSpeedup(Callback):
-    "Channels-last layout and bf16 autocast for convolutional models trained on the CPU."
+    "Channels-last layout and bf16 autocast for convolutional models trained on a CPU with native bf16."
     order = 10  # where fastai's MixedPrecision sits: around the forward pass and the loss
     def before_fit(self):
         import torch
         on_cpu = all(p.device.type == 'cpu' for p in self.model.parameters())
-        self.active = on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
+        # channels-last pays only with bf16: in float32 it made small convolutional networks ~10% slower on AVX2 CPUs
+        self.active = on_cpu and cpu_bf16_supported() and any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         if not self.active: return
         self.model.to(memory_format=torch.channels_last)
-        self.autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=cpu_bf16_supported())
+        self.autocast = torch.autocast('cpu', dtype=torch.bfloat16)
 
     def before_batch(self):
         if not self.active: return
