@@ -144,11 +144,14 @@ def _server_answers(url: str) -> bool:
     return bool(u.hostname) and online(u.hostname, u.port or (443 if u.scheme == 'https' else 80))
 
 # %% ../nbs/01_data.ipynb #05b2bbba
+def _sample_ready(dest: Path) -> bool:
+    done = dest / '.complete'
+    return done.exists() and done.read_text().strip() == str(SAMPLES_VERSION)
+
 def _build_sample(url: str) -> Path:
     "Build the sample for `url`, unless an up-to-date one is already there."
     dest = sample_path(url)
-    done = dest / '.complete'
-    if done.exists() and done.read_text().strip() == str(SAMPLES_VERSION): return dest
+    if _sample_ready(dest): return dest
     name = dataset_name(url)
     if name not in SAMPLE_BUILDERS:
         raise ValueError(f"No offline sample for {url!r}; samples exist for: {', '.join(sorted(SAMPLE_BUILDERS))}")
@@ -157,8 +160,14 @@ def _build_sample(url: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     SAMPLE_BUILDERS[name](tmp)
     (tmp / '.complete').write_text(str(SAMPLES_VERSION))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    # Several processes may build the same sample at once (each process of distributed training runs the
+    # lesson's code): the first to finish wins, and the others keep its sample rather than replace it under it.
+    if not _sample_ready(dest):
+        shutil.rmtree(dest, ignore_errors=True)  # an outdated sample, or a part left by an interrupted build
+        try: tmp.rename(dest)
+        except OSError:
+            if not _sample_ready(dest): raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 # %% ../nbs/01_data.ipynb #0729eb6a

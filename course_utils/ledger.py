@@ -53,10 +53,11 @@ def report(
     value,          # this run's value: a number or a one-element tensor
     note: str = '', # printed after the figures, e.g. how the value was chosen
 ) -> dict:
-    "Print `metric` of this run beside the book's figure; append it to `$COURSE_RESULTS` if set."
+    "Print `metric` of this run beside the book's figure; append it to `$COURSE_RESULTS` if set (first process only)."
     from course_utils.core import using_sample_data  # imports fastai, which `read_results` below does without
     data, book = 'sample' if using_sample_data() else 'real', book_figure(lesson, metric)
     row = {'lesson': lesson, 'metric': metric, 'value': round(_as_float(value), 6), 'book': book, 'data': data}
+    if int(os.environ.get('RANK', '0')): return row  # in distributed training every process gets here; the first speaks for all
     caveat = ' (sample data: not comparable)' if data == 'sample' else ''
     print(f"{lesson} · {metric}: this run {row['value']:.4g} · book {book:.4g}{caveat}{' · ' + note if note else ''}")
     if os.environ.get('COURSE_RESULTS'):

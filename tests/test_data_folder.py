@@ -102,3 +102,19 @@ def test_demo_model_prints_a_line_per_epoch(fastai_home, monkeypatch, capsys, tm
     assert [l.split(':')[0] for l in lines] == ['epoch 1/2', 'epoch 2/2'], out
     assert all(' · valid_loss ' in l and ' · accuracy ' in l for l in lines), out
     assert out.index('epoch 2/2') < out.index('Saved a bears model')
+
+
+def test_a_sample_built_by_another_process_meanwhile_is_kept(fastai_home, monkeypatch):
+    "Each process of distributed training builds the samples it needs: the first to finish wins, nothing is replaced."
+    monkeypatch.setenv('COURSE_SAMPLE', '1')
+    build = SAMPLE_BUILDERS['mnist_sample']
+    def builder(dest):
+        other = sample_path(MNIST)  # another process finishes its build while this one is still drawing
+        build(other)
+        (other / '.complete').write_text(str(data.SAMPLES_VERSION))
+        (other / 'built-by-the-other-process').touch()
+        return build(dest)
+    monkeypatch.setitem(data.SAMPLE_BUILDERS, 'mnist_sample', builder)
+    path = course_data(MNIST)
+    assert path == sample_path(MNIST) and (path / 'built-by-the-other-process').exists()
+    assert [p.name for p in path.parent.iterdir()] == ['mnist_sample']  # no half-built copy left behind

@@ -1,0 +1,72 @@
+"""Lesson 1's model trained by fastai's distributed engine (DDP through accelerate) in two CPU processes talking
+gloo, with fastai's loaders and with the course's fast ones: each process gets its own share of every epoch and
+reads only that, metrics cover the whole validation set, and only the first process writes results and exports."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from course_utils.ledger import read_results
+from notebook_runner import sample_env
+
+SCRIPT = Path(__file__).with_name('ddp_train.py')
+
+
+def train(tmp_path_factory, loaders: str, processes: int) -> list[dict]:
+    "Run `ddp_train.py` in `processes` processes; what each process wrote, and the ledger's rows."
+    out = tmp_path_factory.mktemp(f'{loaders}-{processes}')
+    env = sample_env(tmp_path_factory.getbasetemp() / 'ddp', dict(os.environ, OMP_NUM_THREADS='1', COURSE_RESULTS=str(out / 'results.jsonl')))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(processes)] if processes > 1 else [sys.executable]
+    done = subprocess.run([*cmd, str(SCRIPT), loaders, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((out / f'rank-{r}.json').read_text()) for r in range(processes)]
+    return dict(ranks=ranks, out=out, ledger=read_results(out / 'results.jsonl'))
+
+
+@pytest.fixture(scope='module')
+def one_process(tmp_path_factory): return train(tmp_path_factory, 'stock', 1)
+
+
+@pytest.fixture(scope='module', params=['stock', 'fast'])
+def two_processes(request, tmp_path_factory): return train(tmp_path_factory, request.param, 2)
+
+
+def test_both_processes_joined_one_group(two_processes):
+    assert [r['world_size'] for r in two_processes['ranks']] == [2, 2]
+
+
+def test_each_epoch_is_shared_without_overlap(two_processes):
+    first, second = two_processes['ranks']
+    assert len(first['shards']) == len(second['shards']) >= 4  # fine_tune(1): two epochs, a training and a validation pass each
+    for a, b in zip(first['shards'], second['shards']):
+        assert a['split'] == b['split']
+        everything = first[a['split']]
+        assert not set(a['items']) & set(b['items'])
+        assert sorted(a['items'] + b['items']) == sorted(everything)
+
+
+def test_each_process_reads_only_its_share(two_processes):
+    for r in two_processes['ranks']:
+        given = {f for s in r['shards'] for f in s['items']}
+        during_training = r['reads'][:len(r['reads']) - len(r['valid'])]  # the last reads: this process's own validation
+        assert during_training and set(during_training) <= given
+
+
+def test_metrics_cover_the_whole_validation_set(two_processes):
+    for r in two_processes['ranks']:
+        assert r['ddp_error'] == pytest.approx(r['error'], abs=1e-6)
+
+
+def test_only_the_first_process_reports_and_exports(two_processes):
+    assert [(row['lesson'], row['metric']) for row in two_processes['ledger']] == [('01_intro', 'error_rate')]
+    assert sorted(p.name for p in two_processes['out'].glob('export-*.pkl')) == ['export-rank0.pkl']
+
+
+def test_two_processes_learn_as_well_as_one(two_processes, one_process):
+    # A third of the pets are cats: always answering "dog" gives an error rate of about 0.32.
+    alone, together = one_process['ranks'][0]['error'], two_processes['ranks'][0]['error']
+    assert alone < 0.2 and together < 0.2
+    assert abs(alone - together) < 0.1
