@@ -3,6 +3,7 @@ import os
 
 import pytest
 from fastai.data.external import fastai_cfg
+from fastcore.xtras import modified_env
 
 from course_utils import core
 
@@ -16,16 +17,21 @@ os.register_at_fork(after_in_child=gc.freeze)
 
 
 def notebooks_needed(items) -> list[str]:
-    "The notebooks the selected tests run (a test names its notebook with `@pytest.mark.notebook(path)` or as the `nb` parameter)."
+    "The lessons the selected tests run (a test names its notebook with `@pytest.mark.notebook(path)` or as the `nb` parameter)."
     needed = [m.args[0] for item in items for m in item.iter_markers('notebook')]
     needed += [item.callspec.params['nb'] for item in items if 'nb' in getattr(getattr(item, 'callspec', None), 'params', {})]
-    return list(dict.fromkeys(needed))
+    return [nb for nb in dict.fromkeys(needed) if nb.startswith('lessons/')]
+
+
+def pytest_collection_modifyitems(items):
+    "Tests that wait for a lesson (running in the background) go last, so that the others run meanwhile."
+    items.sort(key=lambda item: bool(notebooks_needed([item])))  # a stable sort: each group keeps its order
 
 
 @pytest.fixture(scope='session', autouse=True)
 def notebook_workdir(tmp_path_factory, request):
     """One cache of samples and settings shared by every notebook in the session; with two or more CPUs, the
-    notebooks the session needs run in the background from the start, sharing the CPUs with the other tests."""
+    lessons the session needs run in the background from the start, sharing the CPUs with the other tests."""
     set_workdir(tmp_path_factory.mktemp('course'))
     cpus = os.cpu_count() or 1
     if cpus >= 2 and os.environ.get('COURSE_TEST_BACKGROUND', '1') != '0':
@@ -33,6 +39,10 @@ def notebook_workdir(tmp_path_factory, request):
         kernel_threads = cpus // 2
         torch.set_num_threads(cpus - kernel_threads)  # two busy processes never ask for more threads than there are CPUs
         run_in_background(notebooks_needed(request.session.items), kernel_threads)
+        # The short library notebooks run here, beside the lessons; they and every other process a test starts
+        # (app servers, benchmarks) share the CPUs the lessons leave.
+        with modified_env(OMP_NUM_THREADS=str(cpus - kernel_threads)): yield
+    else: yield
 
 
 

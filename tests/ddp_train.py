@@ -48,12 +48,14 @@ files = get_image_files(path)
 make = FastImageDataLoaders if loaders == 'fast' else ImageDataLoaders
 dls = make.from_name_func(path, files, valid_pct=0.2, seed=42, label_func=is_cat, item_tfms=Resize(48), bs=32, num_workers=0)
 learn = vision_learner(dls, resnet18, metrics=error_rate, pretrained=False, cbs=RefreshBatchNormStats())
+reads.clear()  # setting up the loaders read an item of each split to learn their types: not part of training
 with learn.distrib_ctx(**distrib_kwargs()):
     learn.fine_tune(1)
+reads_in_training = list(reads)
 ddp_error = float(learn.recorder.values[-1][-1])  # validated by all processes together, each on its share
 error = float(learn.validate()[1])                # the same weights, validated by this process alone on the whole set
 report('01_intro', 'error_rate', error)
 learn.export(out / f'export-rank{rank}.pkl')
 (out / f'rank-{rank}.json').write_text(json.dumps(dict(
-    rank=rank, world_size=int(os.environ.get('WORLD_SIZE', 1)), shards=shards, reads=reads, ddp_error=ddp_error, error=error,
+    rank=rank, world_size=int(os.environ.get('WORLD_SIZE', 1)), shards=shards, reads=reads_in_training, ddp_error=ddp_error, error=error,
     train=[str(f) for f in dls.train.items], valid=[str(f) for f in dls.valid.items])))
