@@ -191,7 +191,7 @@ def _biwi_cal(rng) -> np.ndarray:
     return np.array([[f, 0, rng.uniform(315, 325)], [0, f, rng.uniform(235, 245)], [0, 0, 1]])
 
 # %% ../nbs/02_samples.ipynb #dffb7d93
-def build_biwi_head_pose(dest: Path, frames_per_folder: int = 28, seed: int = 42) -> Path:
+def build_biwi_head_pose(dest: Path, frames_per_folder: int = 40, seed: int = 42) -> Path:
     "BIWI_HEAD_POSE layout: `NN/frame_XXXXX_rgb.jpg`, `NN/frame_XXXXX_pose.txt`, `NN/rgb.cal`, `NN.obj`."
     rng, dest = _rng(seed), Path(dest)
     for folder in BIWI_FOLDERS:
@@ -492,7 +492,7 @@ def build_movie_lens_sample(dest: Path, **params) -> Path:
     return dest
 
 # %% ../nbs/02_samples.ipynb #5c578257
-SAMPLES_VERSION = 4  # raise it whenever a builder changes, so that samples already built are built again
+SAMPLES_VERSION = 5  # raise it whenever a builder changes, so that samples already built are built again
 
 # %% ../nbs/02_samples.ipynb #10877fbb
 SAMPLE_BUILDERS = {
