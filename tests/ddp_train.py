@@ -2,7 +2,7 @@
 distributed engine. Writes to OUT/rank-N.json the items each epoch gave this process, the files it read, and its
 metrics; reports to the ledger and exports the learner as the lesson would.
 
-    torchrun --nproc-per-node 2 tests/ddp_train.py stock|fast OUT
+    torchrun --standalone --nproc-per-node 2 tests/ddp_train.py stock|fast OUT
 """
 import json
 import os
