@@ -37,6 +37,10 @@ class NotebookRun:
         return '\n'.join(out.get('text', '') if out.output_type == 'stream' else out.get('data', {}).get('text/plain', '')
                          for cell in self.nb.cells for out in cell.get('outputs', []))
 
+    def code_cell(self, code: str) -> nbformat.NotebookNode:
+        "The executed code cell whose source contains `code`."
+        return next(c for c in self.nb.cells if c.cell_type == 'code' and code in c.source)
+
     def metric(self, metric: str, lesson: str | None = None) -> float:
         "The value of `metric` that the notebook reported (the last one, if reported twice)."
         rows = [r for r in self.results if r['metric'] == metric and (lesson is None or r['lesson'] == lesson)]

@@ -15,7 +15,7 @@ from notebook_runner import sample_env
 SCRIPT = Path(__file__).with_name('ddp_train.py')
 
 
-def train(tmp_path_factory, loaders: str, processes: int) -> list[dict]:
+def train(tmp_path_factory, loaders: str, processes: int) -> dict:
     "Run `ddp_train.py` in `processes` processes; what each process wrote, and the ledger's rows."
     out = tmp_path_factory.mktemp(f'{loaders}-{processes}')
     env = sample_env(tmp_path_factory.getbasetemp() / 'ddp', dict(os.environ, OMP_NUM_THREADS='1', COURSE_RESULTS=str(out / 'results.jsonl')))

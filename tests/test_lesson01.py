@@ -25,11 +25,6 @@ def printed(run, pattern: str) -> list[float]:
     return [float(g) for g in m.groups()]
 
 
-def cell_outputs(run, code: str) -> list:
-    "The outputs of the code cell whose source contains `code`."
-    return next(c.outputs for c in run.nb.cells if c.cell_type == 'code' and code in c.source)
-
-
 def test_cats_and_dogs_beat_chance(run):
     rows = [r for r in run.results if r['lesson'] == '01_intro']
     assert [r['data'] for r in rows] == ['sample']
@@ -38,11 +33,11 @@ def test_cats_and_dogs_beat_chance(run):
 
 
 def test_first_layer_filters_are_drawn(run):
-    assert any('image/png' in o.get('data', {}) for o in cell_outputs(run, 'learn.model[0][0].weight'))
+    assert any('image/png' in o.get('data', {}) for o in run.code_cell('learn.model[0][0].weight').outputs)
 
 
 def test_doc_shows_the_signature_and_docstring(run):
-    shown = ''.join(str(o.get('data', {})) + o.get('text', '') for o in cell_outputs(run, 'doc(learn.predict)'))
+    shown = ''.join(str(o.get('data', {})) + o.get('text', '') for o in run.code_cell('doc(learn.predict)').outputs)
     assert 'predict' in shown and 'with_input' in shown, shown[:500]
 
 

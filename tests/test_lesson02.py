@@ -37,7 +37,7 @@ def test_lesson_runs_offline_on_the_sample():
 def test_course_search_loop_is_skipped_quickly_offline():
     run = run_notebook(LESSON)
     assert 'Sample mode (COURSE_SAMPLE=1): not searching the web.' in run.outputs_text()
-    cell = next(c for c in run.nb.cells if c.cell_type == 'code' and 'download_images(dest, urls=results)' in c.source)
+    cell = run.code_cell('download_images(dest, urls=results)')
     timing = cell.metadata['execution']
     took = (datetime.datetime.fromisoformat(timing['shell.execute_reply'].replace('Z', '+00:00'))
             - datetime.datetime.fromisoformat(timing['iopub.execute_input'].replace('Z', '+00:00')))
