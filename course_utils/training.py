@@ -98,3 +98,7 @@ class RefreshBatchNormStats(Callback):
         finally:
             for m, momentum in zip(bns, momenta): m.momentum = momentum
             self.model.train(was_training)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for m in bns:  # each process saw other batches: all keep the first one's statistics, as DDP does with buffers
+                torch.distributed.broadcast(m.running_mean, 0)
+                torch.distributed.broadcast(m.running_var, 0)
