@@ -8,11 +8,12 @@ A resnet34 with 2 classes at 224 px (random weights: speed does not depend on th
 2. process start to first prediction, in fresh processes: `import fastai.vision.all` + `load_learner` +
    `predict`, against `course_utils.predict.load_predictor` + `predict`; and the resident memory (RSS) of each
    process after that first prediction (what one app kernel costs);
-3. a load run: N visitors at once on a Voila server of the bear app (headless chromium, one tab each:
-   open the page, upload a photo, classify), with latency percentiles and the count of successes.
+3. crowd runs: 8, 16 and 32 visitors arriving within a second at a Voila server of the bear app with its pool of
+   pre-heated kernels full (headless chromium, one tab each: open the page, upload a photo, classify), with
+   latency percentiles, the count of visitors answered and the memory of each kernel.
 
 Every model runs with the same number of threads (default 1, what the app kernels use).
-Run:  .venv/bin/python bench/bench_predict.py [--threads 1] [--visitors 8] [--no-voila]
+Run:  .venv/bin/python bench/bench_predict.py [--threads 1] [--visitors 8,16,32] [--pool 16] [--no-voila]
 Writes its table into bench/RESULTS.md (between this script's markers; the rest of the file is kept).
 """
 from __future__ import annotations
@@ -125,7 +126,8 @@ def first_prediction(code: str, runs: int = 3) -> dict:
             'peak_mb': statistics.median(o[2] for o in out)}
 
 
-async def _visitor(ctx, url: str, photo: Path, timeout_s: float) -> dict:
+async def _visitor(ctx, url: str, photo: Path, delay: float, timeout_s: float) -> dict:
+    await asyncio.sleep(delay)  # the crowd arrives spread over a second
     page = await ctx.new_page()
     t0 = time.perf_counter()
     try:
@@ -146,27 +148,56 @@ async def _visitor(ctx, url: str, photo: Path, timeout_s: float) -> dict:
         await page.close(run_before_unload=True)
 
 
-async def _visitors(url: str, photo: Path, n: int, timeout_s: float, profile: Path) -> list[dict]:
+async def _visitors(url: str, photo: Path, n: int, timeout_s: float, profile: Path, during) -> list[dict]:
     async with loopback_chromium(profile) as ctx:
-        return await asyncio.gather(*[_visitor(ctx, url, photo, timeout_s) for _ in range(n)])
+        watch = asyncio.ensure_future(during())
+        runs = await asyncio.gather(*[_visitor(ctx, url, photo, i / n, timeout_s) for i in range(n)])
+        watch.cancel()
+        return runs
 
 
-def voila_load(work: Path, photo: Path, n: int, timeout_s: float = 240) -> dict:
-    "N simultaneous visitors of the bear app, each in its own tab (and so its own kernel)."
+def _kernels(server_pid: int) -> list:
+    import psutil
+    return psutil.Process(server_pid).children(recursive=True)
+
+
+def _wait_for_pool(log: Path, pool: int, timeout_s: float = 300):
+    "Wait until Voila has filled its pool of pre-heated kernels, as a server that has been up a while has."
+    deadline = time.monotonic() + timeout_s
+    while f'is filled with {pool} kernel(s)' not in log.read_text(errors='replace'):
+        if time.monotonic() > deadline: raise TimeoutError(f'the kernel pool did not fill in {timeout_s} s; see {log}')
+        time.sleep(0.5)
+
+
+def voila_load(work: Path, photo: Path, n: int, pool: int, timeout_s: float = 240) -> dict:
+    "N visitors of the bear app arriving within a second, each in its own tab (and so its own kernel)."
+    import psutil
     from course_utils.cli import app_server
-    env = dict(os.environ, COURSE_MODELS=str(work / 'models'), PYTHONWARNINGS='ignore',
+    log = work / f'voila-{n}.log'
+    env = dict(os.environ, COURSE_MODELS=str(work / 'models'), COURSE_APP_POOL=str(pool), PYTHONWARNINGS='ignore',
                JUPYTER_RUNTIME_DIR=str(work / 'runtime'), IPYTHONDIR=str(work / 'ipython'))
-    with app_server(ROOT, 'bears', env=env, log=work / 'voila.log') as base:
+    peak = {'kernels': 0, 'rss_mb': 0.0}
+
+    async def watch_memory():
+        while True:
+            rss = [k.memory_info().rss / 2**20 for k in _kernels(server.pid) if k.is_running()]
+            if sum(rss) > peak['rss_mb']: peak.update(kernels=len(rss), rss_mb=sum(rss))
+            await asyncio.sleep(0.5)
+
+    with app_server(ROOT, 'bears', env=env, log=log) as base:
+        server = next(p for p in psutil.Process().children() if 'voila' in ' '.join(p.cmdline()))
+        _wait_for_pool(log, pool)
         t0 = time.perf_counter()
-        runs = asyncio.run(_visitors(base + '/', photo, n, timeout_s, work / 'chromium'))
+        runs = asyncio.run(_visitors(base + '/', photo, n, timeout_s, work / f'chromium-{n}', watch_memory))
         wall = time.perf_counter() - t0
     ok = [r for r in runs if r['ok']]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float('nan')
-    return {'visitors': n, 'succeeded': len(ok), 'wall_s': wall, 'errors': [r['error'] for r in runs if not r['ok']],
+    return {'visitors': n, 'pool': pool, 'succeeded': len(ok), 'wall_s': wall, 'errors': [r['error'] for r in runs if not r['ok']],
+            'peak_kernels': peak['kernels'], 'mb_per_kernel': peak['rss_mb'] / max(peak['kernels'], 1),
             **{f'{k}_p{q}': pct([r[k] for r in ok], q) for k in ('load_s', 'classify_s', 'total_s') for q in (50, 90, 100)}}
 
 
-def table(lat: dict, start: dict, load: dict | None, threads: int) -> str:
+def table(lat: dict, start: dict, loads: list[dict], threads: int) -> str:
     base = lat['learn.predict']
     rows = [f'Machine: {os.cpu_count()} CPU cores, shared with other people\'s jobs while measuring (load average '
             f'{os.getloadavg()[0]:.1f}), so absolute numbers are noisy; ratios come from one run. Threads per model: {threads}.',
@@ -180,20 +211,26 @@ def table(lat: dict, start: dict, load: dict | None, threads: int) -> str:
         rows.append(f"| {k} | {v['seconds']:.2f} | {v['rss_mb']:.0f} | {v['peak_mb']:.0f} |")
     f, o = start['fastai: import + load_learner + predict'], start['ours: load_predictor + predict (onnx)']
     rows.append(f"| ratio fastai / ours | {ratio(f['seconds'], o['seconds']):.1f}x | {ratio(f['rss_mb'], o['rss_mb']):.1f}x | |")
-    if load:
-        rows += ['', f"Voila load run: {load['visitors']} visitors at once (headless chromium, one tab and one kernel each: "
-                 f"open, upload a photo, classify): {load['succeeded']}/{load['visitors']} succeeded in {load['wall_s']:.1f} s.",
-                 '', '| seconds | p50 | p90 | max |', '|---|---:|---:|---:|']
-        for k, name in (('load_s', 'page open to widgets'), ('classify_s', 'click to answer'), ('total_s', 'whole visit')):
-            rows.append(f"| {name} | {load[k + '_p50']:.2f} | {load[k + '_p90']:.2f} | {load[k + '_p100']:.2f} |")
-        if load['errors']: rows.append(f"\nErrors: {load['errors']}")
+    if loads:
+        rows += ['', f"Voila crowd runs: N visitors arriving within one second, each in a tab of one headless Chromium on this "
+                 f"same machine (open the page, upload a photo, classify), against a server with {loads[0]['pool']} pre-heated "
+                 "kernels waiting. Page to widgets: from the page request to the upload button on screen.", '',
+                 '| visitors | answered | page to widgets p50 / p90 / max (s) | click to answer p50 / p90 / max (s) | MB per kernel |',
+                 '|---:|---:|---|---|---:|']
+        for l in loads:
+            rows.append(f"| {l['visitors']} | {l['succeeded']}/{l['visitors']} | {l['load_s_p50']:.2f} / {l['load_s_p90']:.2f} / "
+                        f"{l['load_s_p100']:.2f} | {l['classify_s_p50']:.2f} / {l['classify_s_p90']:.2f} / {l['classify_s_p100']:.2f} "
+                        f"| {l['mb_per_kernel']:.0f} |")
+        errors = [e for l in loads for e in l['errors']]
+        if errors: rows.append(f"\nErrors: {errors}")
     return '\n'.join(rows)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--threads', type=int, default=1)
-    ap.add_argument('--visitors', type=int, default=8)
+    ap.add_argument('--visitors', default='8,16,32', help='crowd sizes, comma-separated')
+    ap.add_argument('--pool', type=int, default=16, help='pre-heated kernels waiting on the server')
     ap.add_argument('--no-voila', action='store_true', help='skip the browser load run')
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -204,8 +241,8 @@ def main():
                      FASTAI_CHILD.format(threads=a.threads, pkl=str(work / 'export.pkl'), photo=str(photo))),
                  'ours: load_predictor + predict (onnx)': first_prediction(
                      OURS_CHILD.format(threads=a.threads, model=str(work / 'models' / 'bears'), photo=str(photo)))}
-        load = None if a.no_voila else voila_load(work, photo, a.visitors)
-    text = table(lat, start, load, a.threads)
+        loads = [] if a.no_voila else [voila_load(work, photo, int(n), a.pool) for n in a.visitors.split(',')]
+    text = table(lat, start, loads, a.threads)
     print(text)
     section = f'{START}\n## Serving a classifier (`bench/bench_predict.py`, {time.strftime("%Y-%m-%d")})\n\n{text}\n{END}'
     old = RESULTS.read_text() if RESULTS.exists() else '# Benchmarks\n'

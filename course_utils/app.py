@@ -10,24 +10,35 @@ from __future__ import annotations
 import html
 import io
 import logging
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import anywidget
 import ipywidgets as widgets
+import traitlets
 from PIL import Image
 
-from .predict import (MAX_PIXELS, MAX_UPLOAD_BYTES, ImageInputError, ModelError, ModelNotFoundError,
-                                  Predictor, app_model_dir, load_image, load_predictor)
+from .predict import (MAX_PIXELS, MAX_UPLOAD_BYTES, HEIF, ImageInputError, ModelError, ModelNotFoundError,
+                                  Predictor, _megabytes, app_model_dir, load_image, load_predictor)
 
 # %% auto #0
-__all__ = ['log', 'LIMITS_TEXT', 'message_html', 'result_html', 'ClassifierApp', 'missing_model_html', 'classifier_app']
+__all__ = ['log', 'LIMITS_TEXT', 'PHOTO_MAX_SIDE', 'message_html', 'result_html', 'PhotoUpload', 'clearly_better_than_chance',
+           'trust_notice', 'ClassifierApp', 'missing_model_html', 'classifier_app']
 
 # %% ../nbs/11_app.ipynb #8396cb71
 log = logging.getLogger(__name__)
 
+# %% ../nbs/11_app.ipynb #58883342
+def _code_spans(text: str) -> str:
+    "Markdown's `code` spans in already escaped `text` as HTML."
+    return re.sub(r'`([^`<>]+)`', r'<code>\1</code>', text)
+
 # %% ../nbs/11_app.ipynb #20166741
-LIMITS_TEXT = (f"JPEG, PNG, GIF, WebP, BMP or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB "
+LIMITS_TEXT = (f"JPEG, PNG, {'HEIC, ' if HEIF else ''}GIF, WebP, BMP or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB "
                f"and {MAX_PIXELS // 10**6} megapixels.")
+PHOTO_MAX_SIDE = 1024
 
 # %% ../nbs/11_app.ipynb #541b6fdc
 def message_html(kind: str, text: str) -> str:
@@ -52,15 +63,62 @@ def result_html(probs: Mapping[str, float], names: Mapping[str, str] | None = No
     return ''.join(out) + '</table></div>'
 
 # %% ../nbs/11_app.ipynb #eeca545f
-def _upload_from(value) -> tuple[str, bytes] | None:
-    "(name, bytes) of the uploaded file, or None if there is none."
-    if not value: return None
-    f = value[0] if isinstance(value, (tuple, list)) else None
-    content = f.get('content') if isinstance(f, Mapping) else None
-    if not isinstance(content, (bytes, bytearray, memoryview)):
-        raise ImageInputError('The upload did not arrive complete; please choose the file again.')
-    name = f.get('name') if isinstance(f.get('name'), str) else 'the file'
-    return name[:200], bytes(content)
+_UPLOAD_JS = """
+function render({ model, el }) {
+  const input = document.createElement('input');
+  input.type = 'file';
+  input.accept = model.get('accept');
+  const button = document.createElement('button');
+  button.className = 'jupyter-button widget-button app-upload';
+  button.textContent = 'Upload';
+  const status = document.createElement('span');
+  status.className = 'app-upload-status';
+  status.style.marginLeft = '8px';
+  let waiting = null;
+  const settle = (text) => { clearTimeout(waiting); status.textContent = text; };
+  button.addEventListener('click', () => input.click());
+  input.addEventListener('change', async () => {
+    const file = input.files[0];
+    input.value = '';  // so that choosing the same file again is a change too
+    if (!file) return;
+    if (file.size > model.get('max_bytes')) {  // never on the wire: too big a message would drop the connection
+      settle('');
+      model.send({ event: 'too_large', name: file.name, size: file.size });
+      return;
+    }
+    settle(`Sending ${file.name} (${(file.size / 1048576).toFixed(1)} MB)…`);
+    model.send({ event: 'file', name: file.name, size: file.size }, undefined, [await file.arrayBuffer()]);
+    const seconds = Math.max(30, 3 * file.size / 1048576);  // a slow phone connection
+    waiting = setTimeout(() => settle(`${file.name} did not reach the server (the connection may have dropped): ` +
+                                      'reload the page and try again, or try a smaller picture.'), seconds * 1000);
+  });
+  model.on('change:received', () => settle(''));
+  el.append(button, status);
+}
+export default { render };
+"""
+
+# %% ../nbs/11_app.ipynb #62cafda9
+class PhotoUpload(anywidget.AnyWidget):
+    "An upload button that checks the file's size in the browser and sends the bytes of one file."
+    _esm = _UPLOAD_JS
+    max_bytes = traitlets.Int(MAX_UPLOAD_BYTES).tag(sync=True)
+    accept = traitlets.Unicode('image/*,.heic,.heif').tag(sync=True)
+    received = traitlets.Int(0).tag(sync=True)  # counts arrivals: each one clears the browser's "Sending…"
+
+    def __init__(self,
+                 on_file: Callable[[str, bytes | None], None], # called with the name and the bytes (None: over `max_bytes`)
+                 **kwargs):
+        super().__init__(**kwargs)
+        self._on_file = on_file
+        self.on_msg(self._message)
+
+    def _message(self, _, content, buffers):
+        if not isinstance(content, Mapping) or content.get('event') not in ('file', 'too_large'): return
+        name = content.get('name') if isinstance(content.get('name'), str) else 'the file'
+        data = bytes(buffers[0]) if content['event'] == 'file' and buffers else None
+        try: self._on_file(name[:200], data)
+        finally: self.received += 1
 
 # %% ../nbs/11_app.ipynb #ad444d45
 def _thumbnail_png(im: Image.Image, size: int = 320) -> bytes:
@@ -70,6 +128,39 @@ def _thumbnail_png(im: Image.Image, size: int = 320) -> bytes:
     im.save(b, 'PNG')
     return b.getvalue()
 
+# %% ../nbs/11_app.ipynb #aba2d74d
+def clearly_better_than_chance(
+    value: float,  # the validation accuracy
+    chance: float, # what always answering the most common label scores
+    items: int,    # the number of validation pictures
+) -> bool:
+    "Whether `value` beats `chance` by 10 points and by two standard errors of guessing at the chance rate."
+    return value - chance >= max(0.1, 2 * math.sqrt(chance * (1 - chance) / max(items, 1)))
+
+# %% ../nbs/11_app.ipynb #ff2a93ef
+def trust_notice(
+    manifest: dict,            # the model's manifest (`Predictor.manifest`)
+    name: str,                 # the app, for the command that trains a better model
+    lesson: str | None = None, # the lesson that trains and exports the model
+) -> str | None:
+    "Why the model's answers are guesses, and how to get a better model; None when its training gives no reason to doubt it."
+    training = manifest.get('training')
+    valid = training.get('valid') if isinstance(training, Mapping) else None
+    reasons = []
+    if not isinstance(training, Mapping):
+        reasons.append("This model's files do not say what it was trained on, so there is no telling how far to trust its answers.")
+    elif training.get('data') == 'sample':
+        reasons.append("This model was trained on the course's generated sample pictures, not on photos: "
+                       "its answers about real photos are guesses.")
+    if isinstance(valid, Mapping) and not clearly_better_than_chance(valid['value'], valid['chance'], valid['items']):
+        reasons.append(f"This model has not learned to tell these apart yet: on pictures it had not seen it was right "
+                       f"{valid['value']:.0%} of the time, and always giving the most common answer scores "
+                       f"{valid['chance']:.0%}. Its answers are guesses.")
+    if not reasons: return None
+    where = f"run lesson {lesson} to the end, or `course make-model {name}`," if lesson else f"run `course make-model {name}`"
+    return ' '.join(reasons) + (f" For a real model, {where} on a machine with internet access "
+                                "(it downloads photos and pretrained weights).")
+
 # %% ../nbs/11_app.ipynb #175469d9
 class ClassifierApp:
     "Upload, Classify, the picture and the answer as bars; `.widget` is what to display."
@@ -78,45 +169,51 @@ class ClassifierApp:
                  title: str,                             # the page's heading
                  intro: str = '',                        # the text under the heading
                  names: Mapping[str, str] | None = None, # label -> the name to show for it (default: the label)
+                 notice: str | None = None,              # a warning to show above the upload button, e.g. `trust_notice`'s
                 ):
         self.predictor, self.names = predictor, dict(names or {})
-        self.upload = widgets.FileUpload(accept='image/*', multiple=False, description='Upload')
-        self.upload.add_class('app-upload')
+        self.photo: tuple[str, Image.Image] | ImageInputError | None = None  # what the last upload gave
+        self.upload = PhotoUpload(self._on_file)
         self.classify = widgets.Button(description='Classify', button_style='primary')
         self.classify.add_class('app-classify')
         self.image = widgets.Image(format='png', layout=widgets.Layout(display='none', max_width='320px'))
         self.result = widgets.HTML(message_html('info', 'Choose a picture, then press Classify.'))
         self.result.add_class('app-result')
-        self.upload.observe(self._on_upload, names='value')
         self.classify.on_click(self._on_classify)
-        header = widgets.HTML(f'<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>'
+        warning = (f'<div class="app-notice" style="background:#fff4ce;border:1px solid #d9b84a;padding:6px 10px;'
+                   f'margin:6px 0">⚠ {_code_spans(html.escape(notice))}</div>' if notice else '')
+        header = widgets.HTML(f'<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>{warning}'
                               f'<p class="app-limits" style="color:#666">{html.escape(LIMITS_TEXT)}</p>')
         self.widget = widgets.VBox([header, widgets.HBox([self.upload, self.classify]), self.image, self.result])
 
     def show(self, kind: str, text: str): self.result.value = message_html(kind, text)
 
-    def _on_upload(self, change):
+    def _on_file(self, name: str, data: bytes | None):
+        "Decode (and shrink) the picture as it arrives: a bad file is named at once, and Classify only predicts."
+        self.image.layout.display = 'none'
         try:
-            up = _upload_from(change['new'])
-            if up: self.show('info', f"Ready: {up[0]}")
-        except ImageInputError as e: self.show('error', str(e))
+            if data is None:
+                raise ImageInputError(f"'{name}' is too large; the limit is {_megabytes(MAX_UPLOAD_BYTES)}. "
+                                      "Try a smaller copy of the picture.")
+            self.photo = (name, load_image(data, name=f"'{name}'", max_side=PHOTO_MAX_SIDE))
+            self.show('info', f"Ready: {name}")
+        except ImageInputError as e:
+            self.photo = e
+            self.show('error', str(e))
         except Exception:
-            log.exception('upload callback failed')
-            self.show('error', 'Something went wrong with this upload; please try again.')
+            log.exception('upload failed')
+            self.photo = ImageInputError(f"Something went wrong with '{name}'; please try again.")
+            self.show('error', str(self.photo))
 
     def _on_classify(self, _=None):
         try:
-            up = _upload_from(self.upload.value)
-            if up is None: return self.show('error', 'Please choose an image file first.')
-            name, data = up
-            im = load_image(data, name=f"'{name}'")
+            if self.photo is None: return self.show('error', 'Please choose an image file first.')
+            if isinstance(self.photo, ImageInputError): return self.show('error', str(self.photo))
+            _, im = self.photo
             probs = self.predictor.probabilities(im)
             self.image.value = _thumbnail_png(im)
             self.image.layout.display = ''
             self.result.value = result_html(dict(zip(self.predictor.vocab, map(float, probs))), self.names)
-        except ImageInputError as e:
-            self.image.layout.display = 'none'
-            self.show('error', str(e))
         except Exception:
             log.exception('classification failed')
             self.image.layout.display = 'none'
@@ -155,4 +252,4 @@ def classifier_app(
     try: predictor = load_predictor(folder, threads=threads)
     except ModelNotFoundError: return widgets.HTML(missing_model_html(name, folder, lesson=lesson))
     except ModelError as e: return widgets.HTML(missing_model_html(name, folder, str(e), lesson))
-    return ClassifierApp(predictor, title, intro, names).widget
+    return ClassifierApp(predictor, title, intro, names, trust_notice(predictor.manifest, name, lesson)).widget

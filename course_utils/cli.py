@@ -485,6 +485,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     app = sub.add_parser('app', help='serve an app with Voila (other options go to Voila)')
     app.add_argument('kind', choices=list(APPS), help='which app')
     app.add_argument('--port', type=int, default=8866)
+    app.add_argument('--pool', type=int, help='kernels kept ready for visitors (default: $COURSE_APP_POOL, else 4; about 200 MB each)')
     report = sub.add_parser('report', help="draw the results ledger: every lesson's metric beside the book's, as a PNG and a table")
     report.add_argument('ledger', nargs='?', type=Path, help='the results ledger (default: $COURSE_RESULTS, else artifacts/runs/results.jsonl)')
     report.add_argument('--out', type=Path, help='the PNG to write (default: beside the ledger, named like it)')
@@ -507,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         from course_utils.export import train_demo_model  # imports fastai: only when needed
         train_demo_model(a.kind, a.dest)
         return 0
-    if a.cmd == 'app': return serve_app(root, a.kind, a.port, extra)
+    if a.cmd == 'app':
+        pool = [] if a.pool is None else [f'--VoilaConfiguration.default_pool_size={a.pool}']
+        return serve_app(root, a.kind, a.port, pool + extra)
     if a.cmd == 'report':
         report_results(a.ledger or default_ledger(root), a.out)
         return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from course_utils.predict import MAX_UPLOAD_BYTES
+from course_utils.predict import HEIF, MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def make_inputs(folder: Path, photo: Path) -> dict[str, Upload]:
     frames = [im, im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.new('RGB', im.size, 'white')]
     add('gif', _save(frames[0], folder / 'animated.gif', 'GIF', save_all=True, append_images=frames[1:], duration=200, loop=0))
     add('webp', _save(im, folder / 'bear.webp', 'WEBP', quality=90))
+    if HEIF: add('heic', _save(im, folder / 'bear.heic', 'HEIF', quality=90))  # what an iPhone saves
+    add('phone', phone_photo(im, folder / 'phone.jpg'))
     # The camera stored the picture turned on its side, with EXIF orientation 6 ("rotate 90° clockwise to view").
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -67,6 +69,13 @@ def make_inputs(folder: Path, photo: Path) -> dict[str, Upload]:
     html_name.write_bytes((folder / 'bear.jpg').read_bytes())
     add('html_name', html_name)
     return {u.key: u for u in out}
+
+
+def phone_photo(im: Image.Image, path: Path) -> Path:
+    "`im` as a phone camera saves it: 3000x4000 pixels with sensor noise, about 16 MB of JPEG."
+    big = np.asarray(im.resize((3000, 4000), Image.BICUBIC), np.int16)
+    noise = np.random.default_rng(0).normal(0, 8, big.shape).astype(np.int16)
+    return _save(Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)), path, 'JPEG', quality=98, subsampling=0)
 
 
 def upright_reference(inputs: dict[str, Upload]) -> Path:

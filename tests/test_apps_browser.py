@@ -2,12 +2,15 @@
 
 A demo model is trained once on the bears sample; voila serves nbs/apps/bear_classifier.ipynb (with the
 apps' voila.py) on a free loopback port and is always stopped. One page takes many uploads: the good
-photo, then every awkward or hostile file, each followed by a good photo that must still classify.
+photo, then every awkward or hostile file, a phone photo and a HEIC one, each followed by a good photo that
+must still classify. Servers of copies of the model whose manifests tell other training stories check the
+page's notice on how far to trust the answers.
 Screenshots go to artifacts/screenshots/; a good one becomes images/app_bear_classifier.png (the README's) when that
 is missing or COURSE_UPDATE_SCREENSHOTS=1.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -71,26 +74,30 @@ def inputs(tmp_path_factory, models) -> dict[str, Upload]:
     return make_inputs(tmp_path_factory.mktemp('uploads'), sample_bear_photo())
 
 
-@pytest.fixture(scope='module')
-def voila_server(models, tmp_path_factory):
+@contextlib.contextmanager
+def serve(models: Path, home: Path, log_path: Path, pool: int):
     "voila on a free loopback port, started from nbs/apps so that it reads the apps' voila.py; always stopped."
-    home = tmp_path_factory.mktemp('jupyter')
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, COURSE_MODELS=str(models), JUPYTER_DATA_DIR=str(home / 'data'),
+    env = dict(os.environ, COURSE_MODELS=str(models), COURSE_APP_POOL=str(pool), JUPYTER_DATA_DIR=str(home / 'data'),
                JUPYTER_RUNTIME_DIR=str(home / 'runtime'), IPYTHONDIR=str(home / 'ipython'), XDG_CACHE_HOME=str(home / 'cache'),
                PYTHONWARNINGS='ignore')
-    log_path = SHOTS / 'voila.log'
-    t0 = time.perf_counter()
     with app_server(ROOT, 'bears', env=env, log=log_path) as base:
-        record('voila_start_to_serving', time.perf_counter() - t0)
         yield {'url': base + '/', 'port': int(base.rsplit(':', 1)[1]), 'log': log_path}
+
+
+@pytest.fixture(scope='module')
+def voila_server(models, tmp_path_factory):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with serve(models, tmp_path_factory.mktemp('jupyter'), SHOTS / 'voila.log', pool=2) as server:
+        record('voila_start_to_serving', time.perf_counter() - t0)
+        yield server
 
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(**launch_options(tmp_path_factory.mktemp('chromium-profile'),
-                                                                    viewport={'width': 900, 'height': 760}))
+                                                                    viewport={'width': 900, 'height': 1100}))
         ctx.route(NOT_LOOPBACK, lambda route: route.abort())  # hermetic
         try: yield ctx
         finally: ctx.close()
@@ -128,13 +135,14 @@ def app(browser, voila_server):
 
 
 # ---------------------------------------------------------------- helpers
-def upload(page: Page, path: Path):
-    # ipywidgets 8 keeps FileUpload's <input type=file> out of the DOM: go through the file chooser.
+def upload(page: Page, path: Path, refused: bool = False):
+    # The upload button keeps its <input type=file> out of the DOM: go through the file chooser.
     with page.expect_file_chooser() as chooser:
         page.locator('.app-upload').click()
     chooser.value.set_files(str(path))
-    # The kernel echoes "Ready: <name>" once the bytes arrived: only then is Classify meaningful.
-    expect(page.locator('.app-result')).to_contain_text(f'Ready: {path.name}', timeout=30_000)
+    # The kernel answers once the bytes arrived: "Ready: <name>", or what is wrong with the file, by name.
+    answer = page.locator('.app-result .error' if refused else '.app-result .info')
+    expect(answer).to_contain_text(path.name if refused else f'Ready: {path.name}', timeout=60_000)
 
 
 def classify(page: Page) -> str:
@@ -158,8 +166,10 @@ def assert_no_traceback(page: Page):
 
 
 def assert_classified_like(page: Page, predictor, path: Path):
-    "The page shows the predictor's answer for `path`: same label, every probability within 1e-4, the picture."
-    want = predictor.predict(path)
+    "The page shows the predictor's answer for `path` (shrunk as the app shrinks it): same label, every probability within 1e-4, the picture."
+    from course_utils.app import PHOTO_MAX_SIDE
+    from course_utils.predict import load_image
+    want = predictor.predict(load_image(path, max_side=PHOTO_MAX_SIDE))
     text = classify(page)
     expect(page.locator('.app-result .ok')).to_be_visible()
     assert want.label in text.splitlines()[0], text
@@ -178,7 +188,7 @@ def shot(page: Page, name: str) -> Path:
 # ---------------------------------------------------------------- tests, in page order
 def test_classify_without_a_file(app):
     page = app['page']
-    expect(page.locator('.app-limits')).to_contain_text('up to 5 MB')  # the limit is stated on the page
+    expect(page.locator('.app-limits')).to_contain_text('up to 20 MB')  # the limit is stated on the page
     assert 'Please choose an image file first.' in classify(page)
     assert_no_traceback(page)
 
@@ -201,7 +211,8 @@ BAD = ['text_as_jpg', 'truncated', 'empty', 'too_large', 'bomb']
 @pytest.mark.parametrize('key', BAD)
 def test_bad_file_gets_message_then_next_photo_classifies(app, inputs, predictor, key):
     page, bad = app['page'], inputs[key]
-    upload(page, bad.path)
+    upload(page, bad.path, refused=True)  # named as soon as it arrives (a file over the limit: as soon as it is chosen)
+    assert bad.message in page.locator('.app-result .error').inner_text()
     text = classify(page)
     expect(page.locator('.app-result .error')).to_be_visible()
     assert bad.message in text and bad.path.name in text, text
@@ -218,6 +229,29 @@ def test_other_formats_and_colour_modes_classify(app, inputs, predictor, key):
     upload(page, inputs[key].path)
     assert_classified_like(page, predictor, inputs[key].path)
     shot(page, f'03_format_{key}')
+
+
+def test_phone_photos_are_classified(app, inputs, predictor):
+    "A 16 MB JPEG straight from a phone's camera, and an iPhone's HEIC, each followed by a small photo."
+    page, phone = app['page'], inputs['phone']
+    assert 15 * 2**20 < phone.path.stat().st_size < 20 * 2**20
+    for key in ('phone', 'heic'):
+        t0 = time.perf_counter()
+        upload(page, inputs[key].path)
+        record(f'{key}_upload_to_ready', time.perf_counter() - t0)
+        assert_classified_like(page, predictor, inputs[key].path)
+        shot(page, f'06_{key}_photo')
+        upload(page, inputs['photo'].path)
+        assert_classified_like(page, predictor, inputs['photo'].path)
+    expect(page.locator('.app-upload-status')).to_be_empty()  # no "Sending..." left behind
+
+
+def test_sample_model_says_its_answers_are_guesses(app):
+    notice = app['page'].locator('.app-notice')
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text('generated sample pictures')
+    expect(notice).to_contain_text('course make-model bears')
+    shot(app['page'], '07_notice_sample_model')
 
 
 def test_exif_rotated_photo_is_classified_upright(app, inputs, predictor):
@@ -244,6 +278,30 @@ def test_closing_the_tab_frees_its_kernel(app, voila_server):
     assert not app['js_errors'], app['js_errors']
     app['closed'] = True
     close_and_check_kernel_freed(app['page'], app['kernel_id'], voila_server)
+
+
+def relabelled_models(models: Path, dest: Path, **training) -> Path:
+    "A copy of the demo models whose bear model's manifest tells another training story."
+    shutil.copytree(models, dest)
+    manifest = dest / 'bears' / 'manifest.json'
+    m = json.loads(manifest.read_text())
+    m.setdefault('training', {}).update(training)
+    manifest.write_text(json.dumps(m))
+    return dest
+
+
+@pytest.mark.parametrize('story', ['good', 'unlearned'])
+def test_notice_follows_the_manifest(story, models, browser, tmp_path):
+    "A model trained on real photos that beats chance clearly has no notice; one that does not has one."
+    valid = {'metric': 'accuracy', 'value': 0.97 if story == 'good' else 0.37, 'chance': 0.36, 'items': 80}
+    copy = relabelled_models(models, tmp_path / 'models', data='real', pretrained=True, valid=valid)
+    with serve(copy, tmp_path / 'jupyter', tmp_path / 'voila.log', pool=1) as server:
+        page, _, _ = open_app(browser, server)
+        try:
+            if story == 'good': expect(page.locator('.app-notice')).to_have_count(0)
+            else: expect(page.locator('.app-notice')).to_contain_text('has not learned to tell these apart yet')
+            shot(page, f'08_notice_{story}_model')
+        finally: page.close(run_before_unload=True)
 
 
 def test_visitor_cannot_execute_code(voila_server, tmp_path):
