@@ -147,7 +147,7 @@ def _verify(model: nn.Module, tmp: Path, manifest: dict):
     x = torch.randn(2, 3, *manifest['input']['size'])
     with torch.inference_mode(): want = model(x).numpy()
     for backend in ['torch'] + (['onnx'] if manifest['files']['onnx'] and onnxruntime_available() else []):
-        got = load_predictor(tmp, backend)._run(x.numpy())
+        got = load_predictor(tmp, backend, precision='fp32', device='cpu')._run(x.numpy())  # a GPU may round differently
         err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
         if not err < 1e-4:
             raise ExportError(f"The {backend} predictor's outputs differ from the model's by {err:.2g} (relative); not saved.")
@@ -207,7 +207,7 @@ def _check_int8(folder: Path, manifest: dict, files: list[Path], targets: np.nda
     agreement = float((both[:, 0] == both[:, 1]).mean())
     acc_fp32, acc_int8 = (float((both[:, i] == targets).mean()) for i in (0, 1))
     return {'agreement': agreement, 'accuracy_fp32': acc_fp32, 'accuracy_int8': acc_int8, 'items': len(files),
-            'passed': agreement >= INT8_MIN_AGREEMENT and round(acc_fp32 - acc_int8, 9) <= INT8_MAX_ACCURACY_DROP}
+            'passed': agreement >= INT8_MIN_AGREEMENT and round(acc_fp32 - acc_int8, 9) <= INT8_MAX_ACCURACY_DROP}  # 0.5 - 0.49 > 0.01
 
 # %% ../nbs/07_export.ipynb #16435d95
 def _add_int8(folder: Path, manifest: dict, dls, targets: np.ndarray):
