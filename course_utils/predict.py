@@ -445,13 +445,13 @@ def load_predictor(
     device: str | None = None,    # 'cpu' or 'cuda' (default: the GPU when the backend has one, else the CPU)
 ) -> Predictor:
     "Load the model `export_for_app` saved in `model_dir`."
+    if precision not in (None, 'int8', 'fp32'): raise ValueError(f"precision must be 'int8' or 'fp32', not {precision!r}")
+    if device not in (None, 'cpu', 'cuda'): raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     has_onnx = bool(_file_name(manifest, 'onnx', ONNX_FILE))
     backend = backend or ('onnx' if has_onnx and onnxruntime_available() else 'torch')
     if backend not in ('onnx', 'torch'): raise ValueError(f"backend must be 'onnx' or 'torch', not {backend!r}")
-    if precision not in (None, 'int8', 'fp32'): raise ValueError(f"precision must be 'int8' or 'fp32', not {precision!r}")
-    if device not in (None, 'cpu', 'cuda'): raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
     if backend == 'onnx' and not onnxruntime_available():
         raise ModelError("The onnx backend needs onnxruntime (pip install onnxruntime), or use backend='torch'.")
     weights = model_dir / _file_name(manifest, 'weights', WEIGHTS)
