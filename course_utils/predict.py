@@ -460,8 +460,8 @@ def load_predictor(
         raise ModelError(f"{weights} does not belong to {model_dir / MANIFEST} (different export): export the model again.")
     int8_ready = backend == 'onnx' and _int8_ready(model_dir, manifest)
     if precision == 'int8' and not int8_ready:
-        raise ModelError(f"precision='int8' needs backend='onnx' and a {INT8_FILE} that passed its accuracy check, which "
-                         f"{model_dir} lacks (see 'int8' in its manifest): export with export_for_app(..., int8=True), or use fp32.")
+        raise ModelError(f"precision='int8' needs backend='onnx' and a {INT8_FILE} in {model_dir} that passed its accuracy "
+                         "check (see 'int8' in its manifest): export with export_for_app(..., int8=True), or use fp32.")
     cuda = device != 'cpu' and _cuda_available(backend)
     if device == 'cuda' and not cuda: _log.warning("The %s backend has no GPU here; running on the CPU instead.", backend)
     if backend == 'torch':
