@@ -9,8 +9,12 @@ A resnet34 with 2 classes at 224 px (random weights: speed does not depend on th
    `predict`, against `course_utils.predict.load_predictor` + `predict`; and the resident memory (RSS) of each
    process after that first prediction (what one app kernel costs);
 3. crowd runs: 8, 16 and 32 visitors arriving within a second at a Voila server of the bear app with its pool of
-   pre-heated kernels full (headless chromium, one tab each: open the page, upload a photo, classify), with
-   latency percentiles, the count of visitors answered and the memory of each kernel.
+   pre-heated kernels full (one in a headless Chromium tab, the others speaking the page's HTTP and kernel-websocket
+   protocol; each opens the page, uploads a photo, classifies), with latency percentiles, the count of visitors
+   answered, the memory of each kernel and the kernels freed when they leave;
+4. the 8-bit graph (`export_for_app(..., int8=True)`): its latency on the resnet34 above, and, since random
+   weights make agreement meaningless, a resnet18 trained for real on the offline pets sample
+   (`train_demo_model`), whose export checks int8 against float32 on the validation set.
 
 Every model runs with the same number of threads (default 1, what the app kernels use).
 Run:  .venv/bin/python bench/bench_predict.py [--threads 1] [--visitors 8,16,32] [--pool 16] [--no-voila]
@@ -63,7 +67,7 @@ def make_models(work: Path, threads: int):
         for xb, _ in dls.train: learn.model(xb)
     learn.model.eval()
     learn.export(work / 'export.pkl')
-    export_for_app(learn, work / 'models' / 'bears')
+    export_for_app(learn, work / 'models' / 'bears', int8=True)  # its check is meaningless: random weights
     photo = work / 'photo.jpg'
     Image.fromarray(rng.integers(0, 255, (375, 500, 3), np.uint8)).resize((500, 375)).save(photo, quality=90)
     return photo
@@ -79,8 +83,9 @@ def latency(work: Path, photo: Path, threads: int) -> dict:
     from course_utils.predict import load_predictor
     torch.set_num_threads(threads)
     learn = load_learner(work / 'export.pkl')
-    onnx = load_predictor(work / 'models' / 'bears', 'onnx', threads=threads)
+    onnx = load_predictor(work / 'models' / 'bears', 'onnx', threads=threads, precision='fp32')
     eager = load_predictor(work / 'models' / 'bears', 'torch', threads=threads)
+    int8 = int8_predictor(work / 'models' / 'bears', threads)
     model = learn.model.eval()
     x = torch.from_numpy(onnx.preprocess(Image.open(photo).convert('RGB')))
     def forward():
@@ -94,9 +99,47 @@ def latency(work: Path, photo: Path, threads: int) -> dict:
     return {'learn.predict': stock,
             'ours (onnx)': median_ms(lambda: onnx.predict(photo)),
             'ours (torch)': median_ms(lambda: eager.predict(photo)),
+            'ours (onnx int8)': median_ms(lambda: int8.predict(photo)),
             'bare forward (torch)': median_ms(forward), 'bare forward (onnx)': median_ms(lambda: onnx._run(xn)),
             'max_prob_diff': diffs,
             'probs': [round(float(p), 4) for p in want]}
+
+
+def int8_predictor(model_dir: Path, threads: int):
+    "The app's predictor on the 8-bit graph, whatever its check said."
+    from course_utils.predict import Predictor, _onnx_runner, read_manifest
+    manifest = read_manifest(model_dir)
+    run, device = _onnx_runner(model_dir, manifest, threads, 'int8')
+    return Predictor(manifest, 'onnx', run, 'int8', device)
+
+
+def trained_int8(work: Path, threads: int) -> dict:
+    "Train the pets demo model on the offline sample (it exports with int8), then time its two graphs."
+    from course_utils.predict import load_predictor, read_manifest
+    dest, home = work / 'models' / 'pets', work / 'fastai_home'
+    code = f"from course_utils.export import train_demo_model; train_demo_model('pets', {str(dest)!r})"
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT,  # a process of its own: sample mode stays there
+                   env=dict(os.environ, COURSE_SAMPLE='1', COURSE_OFFLINE='1', FASTAI_HOME=str(home), PYTHONWARNINGS='ignore'))
+    m = read_manifest(dest)
+    photo = sorted(home.rglob('*.jpg'))[0]
+    fp32, int8 = load_predictor(dest, 'onnx', threads=threads, precision='fp32'), int8_predictor(dest, threads)
+    return {**m['int8'], 'training': m['training'], 'arch': m['model']['arch'], 'size': m['input']['size'],
+            'fp32_ms': median_ms(lambda: fp32.predict(photo)), 'int8_ms': median_ms(lambda: int8.predict(photo))}
+
+
+def int8_rows(q: dict) -> list[str]:
+    "The trained model's int8 check, from its manifest, and the latency of its two graphs."
+    t = q['training']
+    return ['', f"The 8-bit graph of a model trained for real: `train_demo_model('pets')` on the offline sample, a {q['arch']} "
+            f"at {q['size'][0]} px from random weights (cat or dog; {t['valid']['items']} validation pictures, of which "
+            f"the commoner label is {t['valid']['chance']:.1%}). Its export's check, on the validation set:", '',
+            '| int8 against float32 | |', '|---|---:|',
+            f"| top-1 agreement | {q['agreement']:.1%} |",
+            f"| accuracy float32 / int8 | {q['accuracy_fp32']:.1%} / {q['accuracy_int8']:.1%} |",
+            f"| accuracy drop | {100 * (q['accuracy_fp32'] - q['accuracy_int8']):.1f} points |",
+            f"| check passed (agreement >= 99%, drop <= 1 point) | {'yes' if q['passed'] else 'no'} |",
+            f"| per image, float32 / int8 (ms, median of 50) | {q['fp32_ms']:.1f} / {q['int8_ms']:.1f} "
+            f"({ratio(q['fp32_ms'], q['int8_ms']):.2f}x) |"]
 
 
 CHILD_TAIL = """
@@ -292,12 +335,12 @@ def voila_load(work: Path, photo: Path, n: int, pool: int, timeout_s: float = 24
             **{f'{k}_p{q}': pct([r[k] for r in ok], q) for k in ('load_s', 'classify_s') for q in (50, 90, 100)}}
 
 
-def table(lat: dict, start: dict, loads: list[dict], threads: int) -> str:
+def table(lat: dict, start: dict, loads: list[dict], threads: int, trained: dict | None = None) -> str:
     base = lat['learn.predict']
     rows = [f'Machine: {os.cpu_count()} CPU cores, shared with other people\'s jobs while measuring (load average '
             f'{os.getloadavg()[0]:.1f}), so absolute numbers are noisy; ratios come from one run. Threads per model: {threads}.',
             '', '| per image (median of 50) | ms | learn.predict / this |', '|---|---:|---:|']
-    for k in ('learn.predict', 'ours (onnx)', 'ours (torch)', 'bare forward (torch)', 'bare forward (onnx)'):
+    for k in ('learn.predict', 'ours (onnx)', 'ours (onnx int8)', 'ours (torch)', 'bare forward (torch)', 'bare forward (onnx)'):
         rows.append(f'| {k} | {lat[k]:.1f} | {ratio(base, lat[k]):.2f}x |')
     rows += ['', f"Largest probability difference from learn.predict on the test photo (probabilities {lat['probs']}): "
              f"onnx {lat['max_prob_diff']['onnx']:.1e}, torch {lat['max_prob_diff']['torch']:.1e}.", '',
@@ -321,6 +364,7 @@ def table(lat: dict, start: dict, loads: list[dict], threads: int) -> str:
                         f"{l['classify_s_p100']:.2f} | {l['mb_per_kernel']:.0f} | {l['freed']}/{l['visitors']} |")
         errors = [e for l in loads for e in l['errors']]
         if errors: rows.append(f"\nErrors: {errors}")
+    if trained: rows += int8_rows(trained)
     return '\n'.join(rows)
 
 
@@ -335,12 +379,13 @@ def main():
         work = Path(d)
         photo = make_models(work, a.threads)
         lat = latency(work, photo, a.threads)
+        trained = trained_int8(work, a.threads)
         start = {'fastai: import + load_learner + predict': first_prediction(
                      FASTAI_CHILD.format(threads=a.threads, pkl=str(work / 'export.pkl'), photo=str(photo))),
                  'ours: load_predictor + predict (onnx)': first_prediction(
                      OURS_CHILD.format(threads=a.threads, model=str(work / 'models' / 'bears'), photo=str(photo)))}
         loads = [] if a.no_voila else [voila_load(work, photo, int(n), a.pool) for n in a.visitors.split(',')]
-    text = table(lat, start, loads, a.threads)
+    text = table(lat, start, loads, a.threads, trained)
     print(text)
     section = f'{START}\n## Serving a classifier (`bench/bench_predict.py`, {time.strftime("%Y-%m-%d")})\n\n{text}\n{END}'
     old = RESULTS.read_text() if RESULTS.exists() else '# Benchmarks\n'

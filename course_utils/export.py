@@ -7,8 +7,11 @@ Docs: https://pdl-course.github.io/pdl2020/export.html.md"""
 # %% ../nbs/07_export.ipynb #4823a83a
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,11 +29,14 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.vision.augment import AffineCoordTfm, RandomResizedCrop, Resize
 from PIL import Image
 
-from .predict import (BODIES, FORMAT_VERSION, MANIFEST, ONNX_FILE, WEIGHTS, load_predictor,
-                                  onnxruntime_available)
+from .core import using_sample_data
+from .predict import (BODIES, FORMAT_VERSION, INT8_FILE, MANIFEST, ONNX_FILE, WEIGHTS, load_image, load_predictor,
+                                  onnxruntime_available, preprocessing)
+from .predict import _onnx_runner
 
 # %% auto #0
-__all__ = ['ExportError', 'describe_model', 'describe_input', 'export_for_app', 'cat_or_dog', 'train_demo_model']
+__all__ = ['INT8_MIN_AGREEMENT', 'INT8_MAX_ACCURACY_DROP', 'CALIBRATION_ITEMS', 'ExportError', 'describe_model', 'describe_input',
+           'export_for_app', 'cat_or_dog', 'train_demo_model']
 
 # %% ../nbs/07_export.ipynb #1db24093
 class ExportError(ValueError):
@@ -92,6 +98,26 @@ def _versions() -> dict:
         except PackageNotFoundError: pass
     return out
 
+# %% ../nbs/07_export.ipynb #33f3c473
+def _top1(model: nn.Module, dl) -> tuple[np.ndarray, np.ndarray]:
+    "The classes `model` ranks first for the items of `dl`, in order, and their targets."
+    model = copy.deepcopy(model).to(getattr(dl, 'device', None) or 'cpu')
+    preds, targets = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    with torch.inference_mode():
+        for xb, yb in dl:
+            preds.append(model(xb.float()).argmax(1).cpu().numpy())
+            targets.append(yb.cpu().numpy())
+    return np.concatenate(preds), np.concatenate(targets)
+
+# %% ../nbs/07_export.ipynb #bcd56c40
+def _training(learn, preds: np.ndarray, targets: np.ndarray, dataset: str | None, pretrained: bool | None) -> dict:
+    "The manifest's `training` section, from the top-1 `preds` on the validation set and their `targets`."
+    valid = {'metric': 'accuracy', 'value': float((preds == targets).mean()), 'items': len(targets),
+             'chance': float(np.bincount(targets).max() / len(targets))} if len(targets) else None
+    return {'data': 'sample' if using_sample_data() else 'real', 'dataset': dataset or Path(learn.dls.path).name,
+            'date': datetime.now(timezone.utc).date().isoformat(),
+            'pretrained': getattr(learn, 'pretrained', None) if pretrained is None else pretrained, 'valid': valid}
+
 # %% ../nbs/07_export.ipynb #20543ef6
 def _check_classifier(learn) -> list[str]:
     if not isinstance(learn.loss_func, CrossEntropyLossFlat):
@@ -121,29 +147,111 @@ def _verify(model: nn.Module, tmp: Path, manifest: dict):
     x = torch.randn(2, 3, *manifest['input']['size'])
     with torch.inference_mode(): want = model(x).numpy()
     for backend in ['torch'] + (['onnx'] if manifest['files']['onnx'] and onnxruntime_available() else []):
-        got = load_predictor(tmp, backend)._run(x.numpy())
+        got = load_predictor(tmp, backend, precision='fp32', device='cpu')._run(x.numpy())  # a GPU may round differently
         err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
         if not err < 1e-4:
             raise ExportError(f"The {backend} predictor's outputs differ from the model's by {err:.2g} (relative); not saved.")
 
+# %% ../nbs/07_export.ipynb #5435919b
+INT8_MIN_AGREEMENT = 0.99      # share of validation pictures on which the int8 graph must answer as the float32 one
+INT8_MAX_ACCURACY_DROP = 0.01  # the most validation accuracy the int8 graph may lose
+CALIBRATION_ITEMS = 100        # training pictures that set the int8 graph's activation ranges
+
+# %% ../nbs/07_export.ipynb #7d9c1d65
+def _image_files(ds) -> list[Path]:
+    "The image files a fastai data set reads its items from."
+    items = list(getattr(ds, 'items', []))
+    if not all(isinstance(o, (str, os.PathLike)) for o in items):
+        raise ExportError("int8=True calibrates and checks the 8-bit model on the data's image files, "
+                          "but this data's items are not file paths.")
+    return [Path(o) for o in items]
+
+# %% ../nbs/07_export.ipynb #5a72880b
+def _app_batches(manifest: dict, files: list[Path], bs: int = 32):
+    "Batches of the pictures in `files`, prepared exactly as the app's predictor prepares an upload."
+    prep = preprocessing(manifest)
+    for i in range(0, len(files), bs):  # our own files: the limits on uploads do not apply
+        yield np.concatenate([prep(load_image(f, max_bytes=math.inf, max_pixels=math.inf)) for f in files[i:i + bs]])
+
+# %% ../nbs/07_export.ipynb #da54f0cf
+class _Calibration:
+    "Hands ONNX Runtime's calibrator one batch at a time; having `get_next` makes it a `CalibrationDataReader`."
+    def __init__(self, batches, input_name: str): self.batches, self.input_name = iter(batches), input_name
+    def get_next(self) -> dict | None:
+        x = next(self.batches, None)
+        return None if x is None else {self.input_name: x}
+
+# %% ../nbs/07_export.ipynb #0e6be9a6
+def _quantize(src: Path, dest: Path, batches, export_id: str):
+    "Save an 8-bit copy of the ONNX graph `src` as `dest`, its activation ranges calibrated on `batches`."
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prepared = dest.with_name(f'prepared-{dest.name}')
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)  # ONNX Runtime's recommended clean-up first
+    with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its progress
+        quantize_static(str(prepared), str(dest), _Calibration(batches, onnx.load(str(src)).graph.input[0].name),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=['Conv', 'Add', 'Relu', 'MaxPool'],  # the body only
+                        calibrate_method=CalibrationMethod.Percentile, extra_options={'CalibPercentile': 99.99})
+    prepared.unlink()
+    model = onnx.load(str(dest))
+    onnx.helper.set_model_props(model, {'export_id': export_id})
+    onnx.save(model, str(dest))
+
+# %% ../nbs/07_export.ipynb #d38f803e
+def _check_int8(folder: Path, manifest: dict, files: list[Path], targets: np.ndarray) -> dict:
+    "How the int8 and float32 graphs in `folder` answer on the validation `files`, and whether int8 is good enough."
+    fp32, int8 = (_onnx_runner(folder, manifest, None, precision)[0] for precision in ('fp32', 'int8'))
+    both = np.concatenate([np.stack([fp32(x).argmax(1), int8(x).argmax(1)], 1) for x in _app_batches(manifest, files)])
+    agreement = float((both[:, 0] == both[:, 1]).mean())
+    acc_fp32, acc_int8 = (float((both[:, i] == targets).mean()) for i in (0, 1))
+    return {'agreement': agreement, 'accuracy_fp32': acc_fp32, 'accuracy_int8': acc_int8, 'items': len(files),
+            'passed': agreement >= INT8_MIN_AGREEMENT and round(acc_fp32 - acc_int8, 9) <= INT8_MAX_ACCURACY_DROP}  # 0.5 - 0.49 > 0.01
+
+# %% ../nbs/07_export.ipynb #16435d95
+def _add_int8(folder: Path, manifest: dict, dls, targets: np.ndarray):
+    "Quantize the ONNX graph in `folder`, check it on the validation set, and record both in `manifest`."
+    if not len(targets):
+        print(f"Note: no validation set to check an 8-bit model on, so no {INT8_FILE}.")
+        return
+    train, valid = _image_files(dls.train_ds), _image_files(dls.valid_ds)
+    picks = np.random.default_rng(0).choice(len(train), min(len(train), CALIBRATION_ITEMS), replace=False)
+    _quantize(folder / ONNX_FILE, folder / INT8_FILE, _app_batches(manifest, [train[i] for i in sorted(picks)], bs=1),
+              manifest['export_id'])
+    manifest['files']['onnx_int8'] = INT8_FILE
+    check = manifest['int8'] = {**_check_int8(folder, manifest, valid, targets), 'calibration_items': len(picks)}
+    if not check['passed']:
+        print(f"The 8-bit model gives the float32 model's answer on {check['agreement']:.1%} of {check['items']} validation "
+              f"pictures (accuracy {check['accuracy_fp32']:.1%} -> {check['accuracy_int8']:.1%}): not close enough, so the app "
+              "will use the float32 model.")
+
 # %% ../nbs/07_export.ipynb #1669f3bd
 def export_for_app(
-    learn,                     # a single-label classifier made by `vision_learner` with a ResNet body
-    dest,                      # the folder to save in
-    notes: dict | None = None, # anything else worth keeping in the manifest, e.g. how the model was trained
+    learn,                          # a single-label classifier made by `vision_learner` with a ResNet body
+    dest,                           # the folder to save in
+    notes: dict | None = None,      # anything else worth keeping in the manifest, e.g. how the model was trained
+    dataset: str | None = None,     # the data set's name, e.g. 'bears' (default: the name of the data's folder)
+    pretrained: bool | None = None, # whether the body started from pretrained weights (default: what `vision_learner` was told)
+    int8: bool = False,             # also save an 8-bit copy of the ONNX graph, checked on the validation set
 ) -> Path:
-    "Save `learn` in `dest` as the three files an app's predictor loads; returns `dest`."
+    "Save `learn` in `dest` as the files an app's predictor loads; returns `dest`."
     from safetensors.torch import save_file
     dest = Path(dest)
     export_id = uuid.uuid4().hex
     with_onnx = _onnx_export_available()
+    with_int8 = int8 and with_onnx and onnxruntime_available()
+    if int8 and not with_int8:
+        print(f"Note: an 8-bit model needs onnx, onnxscript and onnxruntime, so no {INT8_FILE}.")
     manifest = {'format_version': FORMAT_VERSION, 'export_id': export_id,
                 'model': describe_model(learn), 'vocab': _check_classifier(learn), 'input': describe_input(learn.dls),
                 'output': {'activation': 'softmax'},
-                'files': {'weights': WEIGHTS, 'onnx': ONNX_FILE if with_onnx else None},
+                'files': {'weights': WEIGHTS, 'onnx': ONNX_FILE if with_onnx else None, 'onnx_int8': None},
                 'versions': _versions(), 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
     if notes: manifest['notes'] = notes
     model = copy.deepcopy(learn.model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    preds, targets = _top1(model, learn.dls.valid)
+    manifest['training'] = _training(learn, preds, targets, dataset, pretrained)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f'.{dest.name}.export-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
@@ -155,11 +263,14 @@ def export_for_app(
         else: print("Note: onnx/onnxscript are not installed, so no model.onnx: the app will run the model on PyTorch.")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _verify(model, tmp, manifest)
+        if with_int8:
+            _add_int8(tmp, manifest, learn.dls, targets)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         dest.mkdir(parents=True, exist_ok=True)
         (dest / MANIFEST).unlink(missing_ok=True)  # the old export is invalid from here on
-        for f in (WEIGHTS, ONNX_FILE, MANIFEST):
+        for f in (WEIGHTS, ONNX_FILE, INT8_FILE, MANIFEST):
             if (tmp / f).exists(): os.replace(tmp / f, dest / f)
-            elif f == ONNX_FILE: (dest / f).unlink(missing_ok=True)
+            elif f != WEIGHTS: (dest / f).unlink(missing_ok=True)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
@@ -188,9 +299,9 @@ def train_demo_model(
     "Train a small classifier on the bears or pets data and `export_for_app` it."
     from fastai.vision.all import (ImageDataLoaders, URLs, accuracy, get_image_files, parent_label, resnet18,
                                    set_seed, verify_image, vision_learner)
-    from course_utils.core import pretrained, scale, setup_course, using_sample_data
+    from course_utils.core import pretrained, scale, setup_course
     from course_utils.data import BEARS, course_data
-    from course_utils.predict import app_model_dir
+    from course_utils.predict import app_model_dir, read_manifest
     if kind not in ('bears', 'pets'): raise ValueError(f"kind must be 'bears' or 'pets', not {kind!r}")
     setup_course(verbose=False)
     arch = arch or resnet18
@@ -213,9 +324,9 @@ def train_demo_model(
     with learn.no_bar():
         if use_pretrained: learn.fine_tune(epochs)
         else: learn.fit_one_cycle(epochs, 1e-2)  # from scratch: a higher rate than fine-tuning
-        acc = float(learn.validate()[1])
     dest = Path(dest) if dest is not None else app_model_dir(kind)
-    export_for_app(learn, dest, notes={'trained_by': 'train_demo_model', 'data': 'sample' if using_sample_data() else 'real',
-                                       'pretrained': use_pretrained, 'valid_accuracy': round(acc, 4), 'images': len(files)})
+    export_for_app(learn, dest, notes={'trained_by': 'train_demo_model', 'images': len(files)}, dataset=kind,
+                   pretrained=use_pretrained, int8=True)
+    acc = read_manifest(dest)['training']['valid']['value']
     print(f"Saved a {kind} model ({getattr(arch, '__name__', arch)}, validation accuracy {acc:.1%}) to {dest}")
     return dest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['HEIF', 'MAX_UPLOAD_BYTES', 'MAX_PIXELS', 'FORMAT_VERSION', 'MANIFEST', 'WEIGHTS', 'ONNX_FILE', 'BODIES',
+__all__ = ['HEIF', 'MAX_UPLOAD_BYTES', 'MAX_PIXELS', 'FORMAT_VERSION', 'MANIFEST', 'WEIGHTS', 'ONNX_FILE', 'INT8_FILE', 'BODIES',
            'register_heif', 'ImageInputError', 'ModelError', 'ModelNotFoundError', 'load_image', 'Preprocessing',
            'read_manifest', 'preprocessing', 'build_model', 'onnxruntime_available', 'Prediction', 'Predictor',
            'load_predictor', 'app_model_dir']
@@ -43,6 +44,7 @@ FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
 WEIGHTS = 'model.safetensors'
 ONNX_FILE = 'model.onnx'
+INT8_FILE = 'model.int8.onnx'
 
 # %% ../nbs/08_predict.ipynb #5c1615b9
 BODIES = {name: -2 for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}  # torchvision name -> cut
@@ -188,10 +190,31 @@ class Preprocessing:
             x = (x - mean) / std
         return np.ascontiguousarray(x, dtype=np.float32)
 
-# %% ../nbs/08_predict.ipynb #816416c7
+# %% ../nbs/08_predict.ipynb #761a904f
 def _require(cond: bool, what: str, path: Path):
     if not cond: raise ModelError(f"{path} is not a valid model manifest: {what}.")
 
+# %% ../nbs/08_predict.ipynb #2d8ab4e2
+_NUMBER = (int, float)
+_OPTIONAL_FIELDS = {  # 'section.field' -> types, checked only where the section is present
+    'files.onnx_int8': (str, type(None)),
+    'training.data': str, 'training.dataset': str, 'training.date': str, 'training.pretrained': (bool, type(None)),
+    'training.valid': (dict, type(None)), 'training.valid.metric': str, 'training.valid.value': _NUMBER,
+    'training.valid.chance': _NUMBER, 'training.valid.items': int,
+    'int8.agreement': _NUMBER, 'int8.accuracy_fp32': _NUMBER, 'int8.accuracy_int8': _NUMBER, 'int8.items': int,
+    'int8.calibration_items': int, 'int8.passed': bool,
+}
+
+def _check_optional(m: dict, path: Path):
+    for key, types in _OPTIONAL_FIELDS.items():
+        *parents, field = key.split('.')
+        section = m
+        for p in parents: section = section.get(p) if isinstance(section, dict) else None
+        if section is None: continue  # an older export, or no validation set
+        value = section.get(field) if isinstance(section, dict) else None
+        _require(isinstance(value, types), f"'{key}' is missing or has the wrong type ({type(value).__name__})", path)
+
+# %% ../nbs/08_predict.ipynb #816416c7
 def _check_manifest(m, path: Path) -> dict:
     _require(isinstance(m, dict), 'it is not a JSON object', path)
     _require(m.get('format_version') == FORMAT_VERSION,
@@ -215,6 +238,7 @@ def _check_manifest(m, path: Path) -> dict:
     norm = inp.get('normalize')
     _require(norm is None or (isinstance(norm, dict) and len(norm.get('mean', ())) == 3 == len(norm.get('std', ()))
                               and all(s > 0 for s in norm['std'])), "'input.normalize' needs 3 means and 3 positive stds", path)
+    _check_optional(m, path)
     return m
 
 # %% ../nbs/08_predict.ipynb #a974cf53
@@ -288,14 +312,25 @@ def _machine_key() -> str:
     return hashlib.sha1(f'{platform.machine()} {flags}'.encode()).hexdigest()[:12]
 
 # %% ../nbs/08_predict.ipynb #5e2ba1cc
-def _optimized_cache(export_id: str) -> Path:
+def _optimized_cache(export_id: str, precision: str) -> Path:
     import onnxruntime as ort
     root = Path(os.environ.get('XDG_CACHE_HOME', '~/.cache')).expanduser() / 'course_utils' / 'onnx'
-    return root / f'{export_id}-ort{ort.__version__}-{_machine_key()}.onnx'
+    return root / f'{export_id}-{precision}-ort{ort.__version__}-{_machine_key()}.onnx'
+
+# %% ../nbs/08_predict.ipynb #5b1d7665
+_log = logging.getLogger(__name__)
+
+# %% ../nbs/08_predict.ipynb #c18fcd84
+def _cuda_or_cpu(on_cuda, on_cpu, what: str):
+    "`on_cuda()` and 'cuda', or, when that fails, `on_cpu()` and 'cpu' after one warning."
+    try: return on_cuda(), 'cuda'
+    except Exception as e:
+        _log.warning("%s could not use the GPU (%s); running on the CPU instead.", what, str(e).split('\n')[0] or type(e).__name__)
+        return on_cpu(), 'cpu'
 
 # %% ../nbs/08_predict.ipynb #8a379b22
-def _session(path: Path, export_id: str, threads: int | None):
-    "An ONNX Runtime session for `path`, optimised for this machine, from the cache when it holds the graph."
+def _session(path: Path, export_id: str, precision: str, threads: int | None, cuda: bool = False):
+    "An ONNX Runtime session for `path`: on the GPU, or optimised for this CPU, from the cache when it holds the graph."
     import onnxruntime as ort
     def options(level):
         opts = ort.SessionOptions()
@@ -303,7 +338,13 @@ def _session(path: Path, export_id: str, threads: int | None):
         opts.graph_optimization_level = level
         if threads: opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         return opts
-    cached = _optimized_cache(export_id)
+    if cuda:
+        session = ort.InferenceSession(str(path), options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                       providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
+        # ONNX Runtime quietly drops a provider it cannot start
+        if session.get_providers()[0] != 'CUDAExecutionProvider': raise RuntimeError('the CUDA provider did not start')
+        return session
+    cached = _optimized_cache(export_id, precision)
     if cached.is_file():
         try: return ort.InferenceSession(str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=['CPUExecutionProvider'])
         except Exception: cached.unlink(missing_ok=True)  # damaged cache: rebuild it below
@@ -319,16 +360,18 @@ def _session(path: Path, export_id: str, threads: int | None):
 
 # %% ../nbs/08_predict.ipynb #5df5aab5
 def _file_name(manifest: dict, key: str, default: str) -> str:
-    "The name of the manifest's `key` file ('onnx' or 'weights'); empty when the export left it out."
+    "The name of the manifest's `key` file ('onnx', 'onnx_int8' or 'weights'); empty when the export left it out."
     return manifest.get('files', {}).get(key, default)
 
 # %% ../nbs/08_predict.ipynb #dc443734
-def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
-    name = _file_name(manifest, 'onnx', ONNX_FILE)
+def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None, precision: str = 'fp32', cuda: bool = False):
+    "A function from a batch to logits on ONNX Runtime, and the device it runs on."
+    name = _file_name(manifest, 'onnx_int8', None) if precision == 'int8' else _file_name(manifest, 'onnx', ONNX_FILE)
     if not name: raise ModelError(f"The model in {model_dir} was exported without an ONNX graph: use backend='torch'.")
     path = model_dir / name
     if not path.is_file(): raise ModelError(f"{path} is missing: export the model again with export_for_app.")
-    try: session = _session(path, manifest['export_id'], threads)
+    make = lambda cuda: _session(path, manifest['export_id'], precision, threads, cuda)
+    try: session, device = _cuda_or_cpu(lambda: make(True), lambda: make(False), 'ONNX Runtime') if cuda else (make(False), 'cpu')
     except Exception as e: raise ModelError(f"{path} is not a loadable ONNX model ({e}).") from None
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get('export_id') != manifest['export_id']:
@@ -337,10 +380,11 @@ def _onnx_runner(model_dir: Path, manifest: dict, threads: int | None):
     if out.shape[-1] != len(manifest['vocab']) or list(inp.shape[1:]) != [3, *manifest['input']['size']]:
         raise ModelError(f"{path} takes {inp.shape} and gives {out.shape}, but the manifest describes "
                          f"{len(manifest['vocab'])} labels for {manifest['input']['size']} images.")
-    return lambda x: session.run(None, {inp.name: x})[0]
+    return (lambda x: session.run(None, {inp.name: x})[0]), device
 
 # %% ../nbs/08_predict.ipynb #4250ee48
-def _torch_runner(model_dir: Path, manifest: dict, threads: int | None):
+def _torch_runner(model_dir: Path, manifest: dict, threads: int | None, cuda: bool = False):
+    "A function from a batch to logits on PyTorch, and the device it runs on."
     import torch
     from safetensors.torch import load_file
     if threads: torch.set_num_threads(threads)
@@ -351,9 +395,10 @@ def _torch_runner(model_dir: Path, manifest: dict, threads: int | None):
         first = str(e).split('\n\t', 2)[1][:300] if '\n\t' in str(e) else str(e)[:300]
         raise ModelError(f"The weights in {path} do not fit the architecture in the manifest "
                          f"({manifest['model']['arch']}, {len(manifest['vocab'])} labels): {first}") from None
+    model, device = _cuda_or_cpu(lambda: model.to('cuda'), model.cpu, 'PyTorch') if cuda else (model, 'cpu')
     def run(x):
-        with torch.inference_mode(): return model(torch.from_numpy(x)).numpy()
-    return run
+        with torch.inference_mode(): return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    return run, device
 
 # %% ../nbs/08_predict.ipynb #9cc49214
 @dataclass(frozen=True)
@@ -373,8 +418,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 # %% ../nbs/08_predict.ipynb #ec47d211
 class Predictor:
     "An exported image classifier: `predict(bytes | path | PIL image)` gives a `Prediction`."
-    def __init__(self, manifest: dict, backend: str, run):
-        self.manifest, self.backend, self._run = manifest, backend, run
+    def __init__(self, manifest: dict, backend: str, run, precision: str = 'fp32', device: str = 'cpu'):
+        self.manifest, self.backend, self._run, self.precision, self.device = manifest, backend, run, precision, device
         self.vocab = list(manifest['vocab'])
         self.preprocess = preprocessing(manifest)
 
@@ -387,15 +432,36 @@ class Predictor:
         p = self.probabilities(load_image(src, name))
         return Prediction(self.vocab[int(p.argmax())], {v: float(q) for v, q in zip(self.vocab, p)})
 
-    def __repr__(self): return f"Predictor({self.manifest['model']['arch']}, {self.vocab}, backend={self.backend!r})"
+    def __repr__(self):
+        return (f"Predictor({self.manifest['model']['arch']}, {self.vocab}, backend={self.backend!r}, "
+                f"precision={self.precision!r}, device={self.device!r})")
+
+# %% ../nbs/08_predict.ipynb #aee08387
+def _int8_ready(model_dir: Path, manifest: dict) -> bool:
+    "Whether the export has an 8-bit graph that passed its accuracy check."
+    name = _file_name(manifest, 'onnx_int8', None)
+    return bool(name) and bool((manifest.get('int8') or {}).get('passed')) and (model_dir / name).is_file()
+
+# %% ../nbs/08_predict.ipynb #793f3d3a
+def _cuda_available(backend: str) -> bool:
+    "Whether `backend` lists a GPU here (whether it starts is another matter)."
+    if backend == 'onnx':
+        import onnxruntime as ort
+        return 'CUDAExecutionProvider' in ort.get_available_providers()
+    import torch
+    return torch.cuda.is_available()
 
 # %% ../nbs/08_predict.ipynb #019224d6
 def load_predictor(
-    model_dir,                  # the folder `export_for_app` saved the model in
-    backend: str | None = None, # 'onnx' or 'torch' (default: 'onnx' when there is a graph and ONNX Runtime to run it)
-    threads: int | None = None, # CPU threads per prediction (default: the backend's own choice)
+    model_dir,                    # the folder `export_for_app` saved the model in
+    backend: str | None = None,   # 'onnx' or 'torch' (default: 'onnx' when there is a graph and ONNX Runtime to run it)
+    threads: int | None = None,   # CPU threads per prediction (default: the backend's own choice)
+    precision: str | None = None, # 'int8' or 'fp32' (default: int8 on a CPU when the export's int8 check passed)
+    device: str | None = None,    # 'cpu' or 'cuda' (default: the GPU when the backend has one, else the CPU)
 ) -> Predictor:
     "Load the model `export_for_app` saved in `model_dir`."
+    if precision not in (None, 'int8', 'fp32'): raise ValueError(f"precision must be 'int8' or 'fp32', not {precision!r}")
+    if device not in (None, 'cpu', 'cuda'): raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     has_onnx = bool(_file_name(manifest, 'onnx', ONNX_FILE))
@@ -407,8 +473,23 @@ def load_predictor(
     if not weights.is_file(): raise ModelError(f"{weights} is missing: export the model again with export_for_app.")
     if _weights_metadata(weights).get('export_id') != manifest['export_id']:
         raise ModelError(f"{weights} does not belong to {model_dir / MANIFEST} (different export): export the model again.")
-    runner = _onnx_runner if backend == 'onnx' else _torch_runner
-    return Predictor(manifest, backend, runner(model_dir, manifest, threads))
+    int8_ready = backend == 'onnx' and _int8_ready(model_dir, manifest)
+    if precision == 'int8' and not int8_ready:
+        raise ModelError(f"precision='int8' needs backend='onnx' and a {INT8_FILE} in {model_dir} that passed its accuracy "
+                         "check (see 'int8' in its manifest): export with export_for_app(..., int8=True), or use fp32.")
+    cuda = device != 'cpu' and _cuda_available(backend)
+    if device == 'cuda' and not cuda: _log.warning("The %s backend has no GPU here; running on the CPU instead.", backend)
+    if backend == 'torch':
+        run, used = _torch_runner(model_dir, manifest, threads, cuda)
+        return Predictor(manifest, backend, run, 'fp32', used)
+    chosen = precision or ('int8' if int8_ready and not cuda else 'fp32')
+    try: run, used = _onnx_runner(model_dir, manifest, threads, chosen, cuda)
+    except ModelError as e:
+        if precision or chosen == 'fp32': raise
+        _log.warning("%s Running the float32 graph instead.", e)  # e.g. an int8 graph left by another export
+        chosen = 'fp32'
+        run, used = _onnx_runner(model_dir, manifest, threads, chosen, cuda)
+    return Predictor(manifest, backend, run, chosen, used)
 
 # %% ../nbs/08_predict.ipynb #752ddd66
 def app_model_dir(name: str) -> Path:

@@ -1,8 +1,12 @@
 """Models exported for apps: the fastai-free predictor agrees with `learn.predict`, refuses broken model
-folders and bad uploads with clear messages, and never imports fastai (nor torch when ONNX Runtime is there)."""
+folders and bad uploads with clear messages, and never imports fastai (nor torch when ONNX Runtime is there).
+The manifest records what the model was trained on; an 8-bit graph is used only where its check passed;
+a GPU that fails to start costs a warning, not the app."""
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,7 +19,8 @@ from PIL import Image
 from app_inputs import make_inputs, upright_reference
 from demo_model import demo_models_dir, sample_bear_photo
 from optional import require
-from course_utils.predict import ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available, read_manifest
+from course_utils.predict import (INT8_FILE, ImageInputError, ModelError, load_image, load_predictor, onnxruntime_available,
+                                  read_manifest)
 
 
 BACKENDS = ['torch'] + (['onnx'] if onnxruntime_available() else [])
@@ -113,11 +118,16 @@ def bears_model():
 
 
 def test_demo_model_learned_and_is_complete(bears_model):
-    assert sorted(p.name for p in bears_model.iterdir()) == ['manifest.json', 'model.onnx', 'model.safetensors']
+    expected = ['manifest.json', 'model.int8.onnx', 'model.onnx', 'model.safetensors'] if onnxruntime_available() else \
+               ['manifest.json', 'model.onnx', 'model.safetensors']
+    assert sorted(p.name for p in bears_model.iterdir()) == expected
     m = read_manifest(bears_model)
     assert m['vocab'] == ['black', 'grizzly', 'teddy'] and m['model']['arch'] == 'resnet18'
     assert {'fastai', 'torch', 'onnx'} <= set(m['versions']) and m['input']['size'] == [64, 64]  # the sample's size
-    assert m['notes']['data'] == 'sample' and m['notes']['valid_accuracy'] > 0.6, m['notes']  # chance: 1/3
+    t = m['training']
+    assert (t['data'], t['dataset'], t['pretrained']) == ('sample', 'bears', False), t
+    assert t['valid']['value'] > 0.6 and t['valid']['chance'] < 0.5, t  # three kinds: chance about 1/3
+    if onnxruntime_available(): assert m['int8']['items'] == t['valid']['items'], m['int8']
 
 
 def _broken_copy(src: Path, dest: Path, edit) -> Path:
@@ -177,6 +187,190 @@ def test_optimised_graph_is_cached_per_export_and_rebuilt_when_damaged(bears_mod
     assert cached[0].stat().st_size > 1_000_000  # a real graph again
     for p in (again, rebuilt):
         assert p.label == first.label and max(abs(p.probs[k] - first.probs[k]) for k in p.probs) < 1e-6
+
+
+# ---------------------------------------------------------------- training provenance and the 8-bit graph
+COLOUR_COUNTS = {'train': {'red': 32, 'blue': 32}, 'valid': {'red': 6, 'blue': 2}}  # always saying red scores 6/8
+
+
+def _colour_pictures(root: Path) -> Path:
+    "Noisy pictures of varied sizes, reddish or bluish, in train/ and valid/ folders with the counts above."
+    rng = np.random.default_rng(0)
+    for split, counts in COLOUR_COUNTS.items():
+        for label, n in counts.items():
+            (root / split / label).mkdir(parents=True)
+            for i in range(n):
+                colour = np.array((170, 60, 60) if label == 'red' else (60, 60, 170)) * rng.uniform(0.6, 1.3)
+                h, w = rng.integers(40, 90, 2)
+                a = np.clip(rng.normal(colour, 45, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(root / split / label / f'{i}.png')
+    return root
+
+
+def colour_loaders(root: Path, valid: str = 'valid'):
+    from fastai.vision.all import ImageDataLoaders, Resize
+    return ImageDataLoaders.from_folder(root, train='train', valid=valid, item_tfms=Resize(32), bs=8, num_workers=0)
+
+
+@pytest.fixture(scope='module')
+def colours(tmp_path_factory):
+    "A resnet18 trained to tell red pictures from blue ones, exported on real (not sample) data with its int8 graph."
+    from fastai.vision.all import resnet18, set_seed, vision_learner
+    from course_utils import core
+    from course_utils.export import export_for_app
+    root = tmp_path_factory.mktemp('int8')
+    set_seed(0)
+    learn = vision_learner(colour_loaders(_colour_pictures(root / 'colours')), resnet18, pretrained=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 1e-2)  # 100% on the validation set with any seed we tried
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv('COURSE_SAMPLE', raising=False)
+        mp.setattr(core, '_data_kinds', {})  # no sample loaded in this process, whatever ran before
+        out = export_for_app(learn, root / 'model', int8=onnxruntime_available())
+    return learn, out
+
+
+def test_manifest_records_training_data_and_validation_score(colours, tmp_path, monkeypatch):
+    from course_utils import core
+    from course_utils.export import export_for_app
+    learn, out = colours
+    t = read_manifest(out)['training']
+    probs, targets = learn.get_preds(dl=learn.dls.valid)
+    assert (t['data'], t['dataset'], t['pretrained']) == ('real', 'colours', False), t
+    assert t['valid']['value'] >= 0.875, t  # it learnt, so the int8 tests below compare confident answers
+    assert t['date'] == datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert t['valid'] == {'metric': 'accuracy', 'value': float((probs.argmax(1) == targets).float().mean()),
+                          'items': 8, 'chance': 0.75}, t
+    # On the sample, with the data set's name and the weights' origin given.
+    monkeypatch.setenv('COURSE_SAMPLE', '1')
+    monkeypatch.setattr(core, '_data_kinds', {})
+    t = read_manifest(export_for_app(learn, tmp_path / 'm', dataset='reds', pretrained=True))['training']
+    assert (t['data'], t['dataset'], t['pretrained']) == ('sample', 'reds', True), t
+
+
+def test_no_validation_set_is_recorded_as_such(colours, tmp_path):
+    from fastai.vision.all import resnet18, vision_learner
+    from course_utils.export import export_for_app
+    learn, out = colours
+    empty = vision_learner(colour_loaders(out.parent / 'colours', valid='none'), resnet18, pretrained=False)
+    assert len(empty.dls.valid_ds) == 0
+    m = read_manifest(export_for_app(empty, tmp_path / 'm', int8=True))
+    assert m['training']['valid'] is None and 'int8' not in m and m['files']['onnx_int8'] is None, m
+    assert not (tmp_path / 'm' / INT8_FILE).exists()
+
+
+@NEEDS_ONNX
+def test_int8_export_records_its_check(colours):
+    learn, out = colours
+    m = read_manifest(out)
+    assert m['files']['onnx_int8'] == INT8_FILE and (out / INT8_FILE).is_file()
+    assert (out / INT8_FILE).stat().st_size < (out / 'model.onnx').stat().st_size / 3  # 8-bit weights
+    q = m['int8']
+    assert (q['items'], q['calibration_items']) == (8, 64), q  # the whole validation set; every training picture
+    assert q['agreement'] == 1.0 and q['accuracy_int8'] == q['accuracy_fp32'] == m['training']['valid']['value'], q
+    assert q['passed'] is True, q
+
+
+@NEEDS_ONNX
+def test_int8_answers_agree_with_fp32(colours):
+    learn, out = colours
+    fp32, int8 = load_predictor(out, precision='fp32'), load_predictor(out)
+    assert (fp32.precision, int8.precision) == ('fp32', 'int8')
+    pictures = sorted((out.parent / 'colours').rglob('*.png'))
+    for p in pictures:
+        a, b = fp32.probabilities(load_image(p)), int8.probabilities(load_image(p))
+        assert a.argmax() == b.argmax() and np.abs(a - b).max() < 0.1, (p, a, b)
+
+
+def _edited_copy(src: Path, dest: Path, edit) -> Path:
+    "A copy of the export in `src`, with `edit(folder, manifest)` applied."
+    shutil.copytree(src, dest)
+    m = json.loads((dest / 'manifest.json').read_text())
+    edit(dest, m)
+    (dest / 'manifest.json').write_text(json.dumps(m))
+    return dest
+
+
+def _int8_of_another_export(folder: Path, m: dict):
+    import onnx
+    graph = onnx.load(str(folder / INT8_FILE))
+    onnx.helper.set_model_props(graph, {'export_id': '0' * 32})
+    onnx.save(graph, str(folder / INT8_FILE))
+
+
+@NEEDS_ONNX
+def test_predictor_uses_int8_only_where_its_check_passed(colours, tmp_path, caplog, monkeypatch):
+    learn, out = colours
+    assert load_predictor(out).precision == 'int8' and "precision='int8'" in repr(load_predictor(out))
+    assert load_predictor(out, 'torch').precision == 'fp32'
+    with pytest.raises(ModelError, match="backend='onnx'"): load_predictor(out, 'torch', precision='int8')
+    failed = _edited_copy(out, tmp_path / 'failed', lambda d, m: m['int8'].update(passed=False))
+    missing = _edited_copy(out, tmp_path / 'missing', lambda d, m: (d / INT8_FILE).unlink())
+    other = _edited_copy(out, tmp_path / 'other', _int8_of_another_export)
+    for folder, message in ((failed, 'passed its accuracy check'), (missing, 'passed its accuracy check'), (other, 'does not belong')):
+        caplog.clear()
+        # The optimised graph cached for this export id would stand in for a replaced file.
+        monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache' / folder.name))
+        with caplog.at_level(logging.WARNING, logger='course_utils.predict'):
+            assert load_predictor(folder).precision == 'fp32', folder.name
+        assert len(caplog.records) == (folder is other), caplog.records  # only a graph of another export is news
+        with pytest.raises(ModelError, match=message): load_predictor(folder, precision='int8')
+
+
+# ---------------------------------------------------------------- GPU when there is one, else the CPU
+class _SessionSpy:
+    "Stands in for onnxruntime.InferenceSession: records the providers asked for, and fails CUDA when told to."
+    def __init__(self, real, cuda_fails: bool):
+        self.real, self.cuda_fails, self.asked = real, cuda_fails, []
+
+    def __call__(self, path, options=None, providers=None, **kw):
+        self.asked.append(list(providers or []))
+        if self.cuda_fails and 'CUDAExecutionProvider' in (providers or []):
+            raise RuntimeError('CUDA failure 100: no CUDA-capable device is detected')
+        return self.real(path, options, providers=providers, **kw)
+
+
+@NEEDS_ONNX
+@pytest.mark.parametrize('cuda_fails', [True, False], ids=['session_raises', 'provider_dropped'])
+def test_onnx_falls_back_to_cpu_when_the_gpu_does_not_start(colours, monkeypatch, caplog, cuda_fails):
+    import onnxruntime
+    if not cuda_fails and 'CUDAExecutionProvider' in onnxruntime.get_available_providers(): pytest.skip('a GPU is here')
+    learn, out = colours
+    spy = _SessionSpy(onnxruntime.InferenceSession, cuda_fails)
+    monkeypatch.setattr(onnxruntime, 'InferenceSession', spy)
+    monkeypatch.setattr(onnxruntime, 'get_available_providers', lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    with caplog.at_level(logging.WARNING, logger='course_utils.predict'):
+        predictor = load_predictor(out, 'onnx')
+    assert predictor.device == 'cpu' and predictor.predict(sorted((out.parent / 'colours').rglob('*.png'))[0]).label
+    assert spy.asked[0] == ['CUDAExecutionProvider', 'CPUExecutionProvider'] and spy.asked[-1] == ['CPUExecutionProvider']
+    assert len(caplog.records) == 1 and 'could not use the GPU' in caplog.text, caplog.text
+
+
+@NEEDS_ONNX
+def test_device_cpu_never_asks_for_the_gpu(colours, monkeypatch, caplog):
+    import onnxruntime
+    learn, out = colours
+    spy = _SessionSpy(onnxruntime.InferenceSession, cuda_fails=True)
+    monkeypatch.setattr(onnxruntime, 'InferenceSession', spy)
+    monkeypatch.setattr(onnxruntime, 'get_available_providers', lambda: pytest.fail('asked which providers there are'))
+    with caplog.at_level(logging.WARNING, logger='course_utils.predict'):
+        predictor = load_predictor(out, 'onnx', device='cpu')
+    assert (predictor.device, predictor.precision) == ('cpu', 'int8') and not caplog.records
+    assert spy.asked and all(p == ['CPUExecutionProvider'] for p in spy.asked), spy.asked
+
+
+def test_torch_falls_back_to_cpu_when_the_gpu_does_not_start(colours, monkeypatch, caplog):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a GPU is here')
+    learn, out = colours
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # a listed GPU that this build cannot use
+    with caplog.at_level(logging.WARNING, logger='course_utils.predict'):
+        predictor = load_predictor(out, 'torch')
+    assert predictor.device == 'cpu' and len(caplog.records) == 1 and 'PyTorch could not use the GPU' in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with caplog.at_level(logging.WARNING, logger='course_utils.predict'):
+        assert load_predictor(out, 'torch', device='cuda').device == 'cpu'
+    assert len(caplog.records) == 1 and 'no GPU here' in caplog.text
 
 
 # ---------------------------------------------------------------- uploads
