@@ -295,18 +295,20 @@ def train_demo_model(
     arch=None,                 # a torchvision ResNet (default: resnet18)
     size: int | None = None,   # the side of the square images, in pixels (default: `scale(224, sample=64)`)
     epochs: int | None = None, # (default: `scale(4, sample=8)`)
+    max_images: int = 1000,    # real data sets are cut to this many pictures, so that a CPU trains in minutes
 ) -> Path:
     "Train a small classifier on the bears or pets data and `export_for_app` it."
-    from fastai.vision.all import (ImageDataLoaders, URLs, accuracy, get_image_files, parent_label, resnet18,
+    from fastai.vision.all import (L, ImageDataLoaders, URLs, accuracy, get_image_files, parent_label, resnet18,
                                    set_seed, verify_image, vision_learner)
     from course_utils.core import pretrained, scale, setup_course
-    from course_utils.data import BEARS, course_data
+    from course_utils.data import BEARS, course_data, real_path
+    from course_utils.search import gather_images
     from course_utils.predict import app_model_dir, read_manifest
     if kind not in ('bears', 'pets'): raise ValueError(f"kind must be 'bears' or 'pets', not {kind!r}")
     setup_course(verbose=False)
     arch = arch or resnet18
-    if kind == 'bears':
-        path = course_data(BEARS)
+    if kind == 'bears':  # lesson 2's search when online (or its photos when already there), else the sample
+        path = gather_images(real_path(BEARS), {o: f'{o} bear' for o in ('grizzly', 'black', 'teddy')}, fallback=BEARS)
         files = [f for f in get_image_files(path) if verify_image(f)]  # image searches bring broken downloads
         label_func = parent_label
     else:
@@ -314,6 +316,7 @@ def train_demo_model(
         files, label_func = get_image_files(path), cat_or_dog
     size, epochs = size or scale(224, sample=64), epochs or scale(4, sample=8)
     set_seed(42)  # the same demo model every time, so the apps' tests see the same answers
+    if len(files) > max_images: files = L(files).shuffle()[:max_images]
     dls = ImageDataLoaders.from_path_func(path, files, label_func, valid_pct=0.2, seed=42,
                                           item_tfms=Resize(size), bs=scale(64, sample=16))
     use_pretrained = pretrained(arch)

@@ -104,6 +104,17 @@ def test_demo_model_prints_a_line_per_epoch(fastai_home, monkeypatch, capsys, tm
     assert out.index('epoch 2/2') < out.index('Saved a bears model')
 
 
+def test_demo_bear_model_uses_lesson_2s_photos_when_they_are_there(fastai_home, monkeypatch, tmp_path):
+    "Offline, with the photos lesson 2's search left in fastai's data folder, the demo model trains on them and says so."
+    from course_utils.export import train_demo_model
+    from course_utils.predict import read_manifest
+    from course_utils.data import BEARS
+    monkeypatch.setenv('COURSE_OFFLINE', '1')
+    shutil.copytree(SAMPLE_BUILDERS['bears'](tmp_path / 'drawn'), real_path(BEARS))  # stand-ins for the downloaded photos
+    training = read_manifest(train_demo_model('bears', tmp_path / 'bears', size=32, epochs=1))['training']
+    assert training['data'] == 'real' and training['dataset'] == 'bears', training
+
+
 def test_a_sample_built_by_another_process_meanwhile_is_kept(fastai_home, monkeypatch):
     "Each process of distributed training builds the samples it needs: the first to finish wins, nothing is replaced."
     monkeypatch.setenv('COURSE_SAMPLE', '1')
