@@ -9,15 +9,15 @@ A resnet34 with 2 classes at 224 px (random weights: speed does not depend on th
    `predict`, against `course_utils.predict.load_predictor` + `predict`; and the resident memory (RSS) of each
    process after that first prediction (what one app kernel costs);
 3. crowd runs: 8, 16 and 32 visitors arriving within a second at a Voila server of the bear app with its pool of
-   pre-heated kernels full (one in a headless Chromium tab, the others speaking the page's HTTP and kernel-websocket
-   protocol; each opens the page, uploads a photo, classifies), with latency percentiles, the count of visitors
+   pre-heated kernels full (`--tabs` of them in headless Chromium tabs, the others speaking the page's HTTP and
+   kernel-websocket protocol; each opens the page, uploads a photo, classifies), with latency percentiles, the count of visitors
    answered, the memory of each kernel and the kernels freed when they leave;
 4. the 8-bit graph (`export_for_app(..., int8=True)`): its latency on the resnet34 above, and, since random
    weights make agreement meaningless, a resnet18 trained for real on the offline pets sample
    (`train_demo_model`), whose export checks int8 against float32 on the validation set.
 
 Every model runs with the same number of threads (default 1, what the app kernels use).
-Run:  .venv/bin/python bench/bench_predict.py [--threads 1] [--visitors 8,16,32] [--pool 16] [--no-voila]
+Run:  .venv/bin/python bench/bench_predict.py [--threads 1] [--visitors 8,16,32] [--pool 16] [--tabs 1,16] [--no-voila]
 Writes its table into bench/RESULTS.md (between this script's markers; the rest of the file is kept).
 """
 from __future__ import annotations
@@ -270,14 +270,16 @@ async def _protocol_visitor(base: str, photo: Path, delay: float, timeout_s: flo
         return {'ok': False, 'browser': False, 'error': f'{type(e).__name__}: {e}'[:200]}
 
 
-async def _crowd(base: str, photo: Path, n: int, timeout_s: float, profile: Path, during) -> list[dict]:
-    "`n` visitors arriving spread over one second: one in a real tab, in the middle of the burst, the others by protocol."
+async def _crowd(base: str, photo: Path, n: int, tabs: int, timeout_s: float, profile: Path, during) -> list[dict]:
+    "`n` visitors arriving spread over one second: `tabs` of them in real tabs, the others by protocol."
     from tornado.httpclient import AsyncHTTPClient
     AsyncHTTPClient.configure(None, max_clients=n + 8)  # a browser per visitor: no queue on our side
+    arrivals = [i / n for i in range(n)]
+    in_tabs = set(arrivals[(n - tabs) // 2:][:tabs])  # from the middle of the burst
     async with loopback_chromium(profile) as ctx:
         watch = asyncio.ensure_future(during())
-        runs = await asyncio.gather(*[_browser_visitor(ctx, base + '/', photo, 0.5, timeout_s)],
-                                    *[_protocol_visitor(base, photo, i / n, timeout_s) for i in range(n - 1)])
+        runs = await asyncio.gather(*[_browser_visitor(ctx, base + '/', photo, t, timeout_s) if t in in_tabs
+                                      else _protocol_visitor(base, photo, t, timeout_s) for t in arrivals])
         watch.cancel()
         return runs
 
@@ -303,8 +305,8 @@ def _kernels_freed(log: Path, n: int, timeout_s: float = 30) -> int:
     return freed
 
 
-def voila_load(work: Path, photo: Path, n: int, pool: int, timeout_s: float = 240) -> dict:
-    "N visitors of the bear app arriving within a second, each in its own tab (and so its own kernel)."
+def voila_load(work: Path, photo: Path, n: int, pool: int, tabs: int = 1, timeout_s: float = 240) -> dict:
+    "N visitors of the bear app arriving within a second, each with a kernel of their own."
     import psutil
     from course_utils.cli import app_server
     log = work / f'voila-{n}.log'
@@ -322,16 +324,16 @@ def voila_load(work: Path, photo: Path, n: int, pool: int, timeout_s: float = 24
         server = next(p for p in psutil.Process().children() if 'voila' in ' '.join(p.cmdline()))
         _wait_for_pool(log, pool)
         t0 = time.perf_counter()
-        runs = asyncio.run(_crowd(base, photo, n, timeout_s, work / f'chromium-{n}', watch_memory))
+        runs = asyncio.run(_crowd(base, photo, n, min(tabs, n), timeout_s, work / f'chromium-{n}-{tabs}', watch_memory))
         wall = time.perf_counter() - t0
         freed = _kernels_freed(log, n)
     ok = [r for r in runs if r['ok']]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float('nan')
-    tab = runs[0]
-    return {'visitors': n, 'pool': pool, 'succeeded': len(ok), 'wall_s': wall, 'errors': [r['error'] for r in runs if not r['ok']],
+    in_tabs = [r for r in ok if r['browser']]
+    return {'visitors': n, 'pool': pool, 'tabs': min(tabs, n), 'succeeded': len(ok), 'wall_s': wall, 'errors': [r['error'] for r in runs if not r['ok']],
             'peak_kernels': peak['kernels'], 'mb_per_kernel': peak['rss_mb'] / max(peak['kernels'], 1),
             'freed': freed,
-            'tab_load_s': tab.get('load_s', float('nan')), 'tab_classify_s': tab.get('classify_s', float('nan')),
+            'tab_load_s_p90': pct([r['load_s'] for r in in_tabs], 90),
             **{f'{k}_p{q}': pct([r[k] for r in ok], q) for k in ('load_s', 'classify_s') for q in (50, 90, 100)}}
 
 
@@ -351,17 +353,17 @@ def table(lat: dict, start: dict, loads: list[dict], threads: int, trained: dict
     rows.append(f"| ratio fastai / ours | {ratio(f['seconds'], o['seconds']):.1f}x | {ratio(f['rss_mb'], o['rss_mb']):.1f}x | |")
     if loads:
         rows += ['', f"Voila crowd runs: N visitors arriving within one second at a server with {loads[0]['pool']} pre-heated "
-                 "kernels waiting. One visitor is a real tab (headless Chromium on this same machine), arriving mid-burst; "
-                 "the others make the same requests and widget messages as a tab over HTTP and the kernel websocket, as "
-                 "visitors whose browsers run on their own devices do. Page to widgets: from the page request to every "
-                 "widget's state received (the tab: to the upload button on screen). Each visitor uploads a photo, "
+                 "kernels waiting. Some visitors are real tabs (headless Chromium on this same machine, from the middle of "
+                 "the burst); the others make the same requests and widget messages as a tab over HTTP and the kernel "
+                 "websocket, as visitors whose browsers run on their own devices do. Page to widgets: from the page request "
+                 "to every widget's state received (a tab: to the upload button on screen). Each visitor uploads a photo, "
                  "classifies it and leaves, which must free its kernel.", '',
-                 '| visitors | answered | page to widgets p50 / p90 / max (s) | the tab (s) | click to answer p50 / p90 / max (s) '
-                 '| MB per kernel | kernels freed |', '|---:|---:|---|---:|---|---:|---:|']
+                 '| visitors | real tabs | answered | page to widgets p50 / p90 / max (s) | tabs alone p90 (s) '
+                 '| click to answer p50 / p90 / max (s) | MB per kernel | kernels freed |', '|---:|---:|---:|---|---:|---|---:|---:|']
         for l in loads:
-            rows.append(f"| {l['visitors']} | {l['succeeded']}/{l['visitors']} | {l['load_s_p50']:.2f} / {l['load_s_p90']:.2f} / "
-                        f"{l['load_s_p100']:.2f} | {l['tab_load_s']:.2f} | {l['classify_s_p50']:.2f} / {l['classify_s_p90']:.2f} / "
-                        f"{l['classify_s_p100']:.2f} | {l['mb_per_kernel']:.0f} | {l['freed']}/{l['visitors']} |")
+            rows.append(f"| {l['visitors']} | {l['tabs']} | {l['succeeded']}/{l['visitors']} | {l['load_s_p50']:.2f} / "
+                        f"{l['load_s_p90']:.2f} / {l['load_s_p100']:.2f} | {l['tab_load_s_p90']:.2f} | {l['classify_s_p50']:.2f} / "
+                        f"{l['classify_s_p90']:.2f} / {l['classify_s_p100']:.2f} | {l['mb_per_kernel']:.0f} | {l['freed']}/{l['visitors']} |")
         errors = [e for l in loads for e in l['errors']]
         if errors: rows.append(f"\nErrors: {errors}")
     if trained: rows += int8_rows(trained)
@@ -373,6 +375,8 @@ def main():
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--visitors', default='8,16,32', help='crowd sizes, comma-separated')
     ap.add_argument('--pool', type=int, default=16, help='pre-heated kernels waiting on the server')
+    ap.add_argument('--tabs', default='1', help='how many visitors of each crowd are real tabs (the others speak the protocol); '
+                    'comma-separated to run each crowd once per value')
     ap.add_argument('--no-voila', action='store_true', help='skip the browser load run')
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -384,7 +388,8 @@ def main():
                      FASTAI_CHILD.format(threads=a.threads, pkl=str(work / 'export.pkl'), photo=str(photo))),
                  'ours: load_predictor + predict (onnx)': first_prediction(
                      OURS_CHILD.format(threads=a.threads, model=str(work / 'models' / 'bears'), photo=str(photo)))}
-        loads = [] if a.no_voila else [voila_load(work, photo, int(n), a.pool) for n in a.visitors.split(',')]
+        loads = [] if a.no_voila else [voila_load(work, photo, int(n), a.pool, int(t))
+                                       for t in a.tabs.split(',') for n in a.visitors.split(',')]
     text = table(lat, start, loads, a.threads, trained)
     print(text)
     section = f'{START}\n## Serving a classifier (`bench/bench_predict.py`, {time.strftime("%Y-%m-%d")})\n\n{text}\n{END}'

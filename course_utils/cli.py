@@ -30,7 +30,7 @@ from .course_map import course_map_text
 __all__ = ['METRIC_KINDS', 'APPS', 'repo_root', 'lessons', 'find_lesson', 'section_title', 'fastai_progress', 'LessonProgress',
            'save_executed', 'run_lesson', 'metric_kind', 'results_table', 'plot_results', 'default_ledger',
            'report_results', 'lab_command', 'app_notebook', 'voila_command', 'serve_app', 'free_port', 'app_server',
-           'parse_args', 'main']
+           'train_distributed', 'parse_args', 'main']
 
 # %% ../nbs/09_cli.ipynb #11ed10ac
 def repo_root(start: Path | None = None) -> Path:
@@ -468,6 +468,24 @@ def app_server(
                 proc.kill()
                 proc.wait()
 
+# %% ../nbs/09_cli.ipynb #7ef8aa1e
+def train_distributed(
+    procs: int | None = None, # how many processes (default: one per GPU, or 2 without GPUs)
+    fast: bool = False,       # the course's `FastImageDataLoaders` instead of fastai's
+) -> int:
+    "Train lesson 1's first model in `procs` processes started by torchrun; in a process torchrun started, train."
+    if 'LOCAL_RANK' in os.environ:
+        from course_utils.distributed import train_cats_and_dogs  # imports fastai: only when needed
+        train_cats_and_dogs(fast)
+        return 0
+    import torch
+    procs = procs or max(torch.cuda.device_count(), 2)
+    course = Path(sys.executable).with_name('course')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={procs}', '--no-python',
+           str(course), 'ddp', *(['--fast'] if fast else [])]
+    print(f"Starting {procs} processes: {' '.join(cmd[2:])}", flush=True)
+    return subprocess.call(cmd)
+
 # %% ../nbs/09_cli.ipynb #3f7127e9
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     "The `course` command's arguments, and the options left over for JupyterLab or Voila."
@@ -486,6 +504,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     app.add_argument('kind', choices=list(APPS), help='which app')
     app.add_argument('--port', type=int, default=8866)
     app.add_argument('--pool', type=int, help='kernels kept ready for visitors (default: $COURSE_APP_POOL, else 4; about 200 MB each)')
+    ddp = sub.add_parser('ddp', help="train lesson 1's first model in several processes with torchrun (one per GPU, or on CPUs)")
+    ddp.add_argument('--procs', type=int, help='how many processes (default: one per GPU, or 2 without GPUs)')
+    ddp.add_argument('--fast', action='store_true', help="the course's FastImageDataLoaders instead of fastai's")
+    ddp.add_argument('--sample', action='store_true', help='use the offline sample data even when online')
     report = sub.add_parser('report', help="draw the results ledger: every lesson's metric beside the book's, as a PNG and a table")
     report.add_argument('ledger', nargs='?', type=Path, help='the results ledger (default: $COURSE_RESULTS, else artifacts/runs/results.jsonl)')
     report.add_argument('--out', type=Path, help='the PNG to write (default: beside the ledger, named like it)')
@@ -502,12 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         for p in lessons(root): print(p.stem)
         print('\nThe course, lesson by lesson:\n' + course_map_text())
         return 0
-    if a.cmd in ('run', 'make-model') and a.sample: os.environ['COURSE_SAMPLE'] = '1'
+    if a.cmd in ('run', 'make-model', 'ddp') and a.sample: os.environ['COURSE_SAMPLE'] = '1'
     if a.cmd == 'run': return run_lesson(find_lesson(root, a.lesson), root / 'artifacts' / 'runs')
     if a.cmd == 'make-model':
         from course_utils.export import train_demo_model  # imports fastai: only when needed
         train_demo_model(a.kind, a.dest)
         return 0
+    if a.cmd == 'ddp': return train_distributed(a.procs, a.fast)
     if a.cmd == 'app':
         pool = [] if a.pool is None else [f'--VoilaConfiguration.default_pool_size={a.pool}']
         return serve_app(root, a.kind, a.port, pool + extra)

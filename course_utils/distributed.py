@@ -7,12 +7,14 @@ Docs: https://pdl-course.github.io/pdl2020/distributed.html.md"""
 # %% ../nbs/14_distributed.ipynb #acbe2e92
 from __future__ import annotations
 
+import os
+
 import torch
 from fastai.distributed import DistributedDL
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['distrib_kwargs']
+__all__ = ['distrib_kwargs', 'train_cats_and_dogs']
 
 # %% ../nbs/14_distributed.ipynb #1ca1e1b5
 @patch
@@ -27,3 +29,30 @@ def _broadcast(self: DistributedDL, t, rank):
 def distrib_kwargs() -> dict:
     "Arguments for `Learner.distrib_ctx` that suit this machine: on CPUs, accelerate's gloo group and no SyncBatchNorm."
     return {} if torch.cuda.is_available() else {'cpu': True, 'sync_bn': False}  # SyncBatchNorm needs GPUs
+
+# %% ../nbs/14_distributed.ipynb #5ab7ae69
+def _is_cat(name: str) -> bool: return name[0].isupper()  # at module level, so that loader workers can unpickle it
+
+# %% ../nbs/14_distributed.ipynb #151105af
+def train_cats_and_dogs(
+    fast: bool = False, # the course's `FastImageDataLoaders` instead of fastai's `ImageDataLoaders`
+):
+    "Lesson 1's first model, trained by every process that runs this; the first reports the error rate they measured together."
+    from fastai.vision.all import ImageDataLoaders, Resize, URLs, error_rate, get_image_files, resnet34, vision_learner
+    from course_utils.core import pretrained, scale, setup_course
+    from course_utils.data import course_data
+    from course_utils.fastimage.data import FastImageDataLoaders
+    from course_utils.ledger import report
+    from course_utils.training import RefreshBatchNormStats
+    setup_course(verbose=False)
+    path = course_data(URLs.PETS) / 'images'
+    size, bs, epochs = scale(224, sample=64), scale(64, sample=32), scale(1, sample=3)
+    make = FastImageDataLoaders if fast else ImageDataLoaders
+    dls = make.from_name_func(path, get_image_files(path), valid_pct=0.2, seed=42, label_func=_is_cat, item_tfms=Resize(size), bs=bs)
+    start = pretrained(resnet34)
+    # From random weights, batch norm's running statistics lag the weights; each process would validate with its own.
+    learn = vision_learner(dls, resnet34, metrics=error_rate, pretrained=start, cbs=[] if start else RefreshBatchNormStats())
+    with learn.distrib_ctx(**distrib_kwargs()): learn.fine_tune(epochs)
+    processes = int(os.environ.get('WORLD_SIZE', 1))
+    report('01_intro', 'error_rate', learn.recorder.values[-1][-1], note=f"{processes} process{'es' * (processes > 1)}")
+    return learn

@@ -1,6 +1,7 @@
 """Lesson 1's model trained by fastai's distributed engine (DDP through accelerate) in two CPU processes talking
 gloo, with fastai's loaders and with the course's fast ones: each process gets its own share of every epoch and
-reads only that, metrics cover the whole validation set, and only the first process writes results and exports."""
+reads only that, metrics cover the whole validation set, and only the first process writes results and exports.
+`course ddp` starts the same training through torchrun itself and reports it once."""
 import json
 import os
 import subprocess
@@ -69,3 +70,16 @@ def test_two_processes_learn_as_well_as_one(two_processes, one_process):
     alone, together = one_process['ranks'][0]['error'], two_processes['ranks'][0]['error']
     assert alone < 0.2 and together < 0.2
     assert abs(alone - together) < 0.1
+
+
+def test_course_ddp_trains_lesson_1_in_two_processes_and_reports_once(tmp_path_factory):
+    "`course ddp` starts torchrun itself; every process trains, the first prints the ledger line and writes the row."
+    out = tmp_path_factory.mktemp('course-ddp')
+    env = sample_env(tmp_path_factory.getbasetemp() / 'ddp', dict(os.environ, OMP_NUM_THREADS='1', COURSE_RESULTS=str(out / 'results.jsonl')))
+    course = Path(sys.executable).with_name('course')
+    done = subprocess.run([str(course), 'ddp', '--procs', '2', '--sample'], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [l for l in done.stdout.splitlines() if l.startswith('01_intro · error_rate')]
+    assert len(lines) == 1 and lines[0].endswith('2 processes'), done.stdout
+    [row] = read_results(out / 'results.jsonl')
+    assert row['value'] < 0.2, row  # always answering "dog" scores about 0.32
