@@ -35,7 +35,9 @@ def _is_cat(name: str) -> bool: return name[0].isupper()  # at module level, so 
 
 # %% ../nbs/14_distributed.ipynb #151105af
 def train_cats_and_dogs(
-    fast: bool = False, # the course's `FastImageDataLoaders` instead of fastai's `ImageDataLoaders`
+    fast: bool = False,        # the course's `FastImageDataLoaders` instead of fastai's `ImageDataLoaders`
+    epochs: int | None = None, # for `fine_tune` (default: the lesson's, `scale(1, sample=3)`)
+    cbs: list | None = None,   # more callbacks for the learner, e.g. a timer
 ):
     "Lesson 1's first model, trained by every process that runs this; the first reports the error rate they measured together."
     from fastai.vision.all import ImageDataLoaders, Resize, URLs, error_rate, get_image_files, resnet34, vision_learner
@@ -46,12 +48,13 @@ def train_cats_and_dogs(
     from course_utils.training import RefreshBatchNormStats
     setup_course(verbose=False)
     path = course_data(URLs.PETS) / 'images'
-    size, bs, epochs = scale(224, sample=64), scale(64, sample=32), scale(1, sample=3)
+    size, bs, epochs = scale(224, sample=64), scale(64, sample=32), epochs or scale(1, sample=3)
     make = FastImageDataLoaders if fast else ImageDataLoaders
     dls = make.from_name_func(path, get_image_files(path), valid_pct=0.2, seed=42, label_func=_is_cat, item_tfms=Resize(size), bs=bs)
     start = pretrained(resnet34)
     # From random weights, batch norm's running statistics lag the weights; each process would validate with its own.
-    learn = vision_learner(dls, resnet34, metrics=error_rate, pretrained=start, cbs=[] if start else RefreshBatchNormStats())
+    learn = vision_learner(dls, resnet34, metrics=error_rate, pretrained=start,
+                           cbs=[*(cbs or []), *([] if start else [RefreshBatchNormStats()])])
     with learn.distrib_ctx(**distrib_kwargs()): learn.fine_tune(epochs)
     processes = int(os.environ.get('WORLD_SIZE', 1))
     report('01_intro', 'error_rate', learn.recorder.values[-1][-1], note=f"{processes} process{'es' * (processes > 1)}")
