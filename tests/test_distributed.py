@@ -35,6 +35,10 @@ def one_process(tmp_path_factory): return train(tmp_path_factory, 'stock', 1)
 def two_processes(request, tmp_path_factory): return train(tmp_path_factory, request.param, 2)
 
 
+@pytest.fixture(scope='module')
+def two_processes_cached(tmp_path_factory): return train(tmp_path_factory, 'cached', 2)
+
+
 def test_both_processes_joined_one_group(two_processes):
     assert [r['world_size'] for r in two_processes['ranks']] == [2, 2]
 
@@ -70,6 +74,19 @@ def test_two_processes_learn_as_well_as_one(two_processes, one_process):
     alone, together = one_process['ranks'][0]['error'], two_processes['ranks'][0]['error']
     assert alone < 0.2 and together < 0.2
     assert abs(alone - together) < 0.1
+
+
+def test_each_process_caches_what_it_decoded(two_processes, two_processes_cached):
+    "Without the cache each epoch reads the process's whole share; with it, a second epoch reads only what the first did not."
+    for run in (two_processes, two_processes_cached):
+        for r in run['ranks']:
+            train_shares = [s for s in r['shards'] if s['split'] == 'train']
+            (first, second), (share1, share2) = (len(e) for e in r['train_reads']), (s['items'] for s in train_shares)
+            if run is two_processes: assert (first, second) == (len(share1), len(share2)), r['rank']
+            else:  # it can spare only what this process saw before (most of it: a partial last batch is dropped undecoded)
+                assert first <= len(share1), r['rank']  # setting the learner up may have decoded one already
+                seen_before = len(set(share1) & set(share2))
+                assert len(share2) - seen_before <= second < len(share2) - seen_before * 0.8, (r['rank'], second, seen_before)
 
 
 def test_course_ddp_trains_lesson_1_in_two_processes_and_reports_once(tmp_path_factory):
