@@ -21,7 +21,7 @@ import traitlets
 from PIL import Image
 
 from .predict import (MAX_PIXELS, MAX_UPLOAD_BYTES, HEIF, ImageInputError, ModelError, ModelNotFoundError,
-                                  Predictor, _megabytes, app_model_dir, load_image, load_predictor)
+                                  Predictor, app_model_dir, load_image, load_predictor, too_large)
 
 # %% auto #0
 __all__ = ['log', 'LIMITS_TEXT', 'PHOTO_MAX_SIDE', 'message_html', 'result_html', 'PhotoUpload', 'clearly_better_than_chance',
@@ -107,7 +107,7 @@ class PhotoUpload(anywidget.AnyWidget):
     received = traitlets.Int(0).tag(sync=True)  # counts arrivals: each one clears the browser's "Sending…"
 
     def __init__(self,
-                 on_file: Callable[[str, bytes | None], None], # called with the name and the bytes (None: over `max_bytes`)
+                 on_file: Callable[[str, bytes | None, int], None], # called with the name, the bytes (None: over `max_bytes`) and the size
                  **kwargs):
         super().__init__(**kwargs)
         self._on_file = on_file
@@ -117,7 +117,8 @@ class PhotoUpload(anywidget.AnyWidget):
         if not isinstance(content, Mapping) or content.get('event') not in ('file', 'too_large'): return
         name = content.get('name') if isinstance(content.get('name'), str) else 'the file'
         data = bytes(buffers[0]) if content['event'] == 'file' and buffers else None
-        try: self._on_file(name[:200], data)
+        size = len(data) if data is not None else content.get('size') if isinstance(content.get('size'), int) else 0
+        try: self._on_file(name[:200], data, size)
         finally: self.received += 1
 
 # %% ../nbs/11_app.ipynb #ad444d45
@@ -188,13 +189,11 @@ class ClassifierApp:
 
     def show(self, kind: str, text: str): self.result.value = message_html(kind, text)
 
-    def _on_file(self, name: str, data: bytes | None):
+    def _on_file(self, name: str, data: bytes | None, size: int):
         "Decode (and shrink) the picture as it arrives: a bad file is named at once, and Classify only predicts."
         self.image.layout.display = 'none'
         try:
-            if data is None:
-                raise ImageInputError(f"'{name}' is too large; the limit is {_megabytes(MAX_UPLOAD_BYTES)}. "
-                                      "Try a smaller copy of the picture.")
+            if data is None: raise too_large(f"'{name}'", size)
             self.photo = (name, load_image(data, name=f"'{name}'", max_side=PHOTO_MAX_SIDE))
             self.show('info', f"Ready: {name}")
         except ImageInputError as e:

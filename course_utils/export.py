@@ -30,9 +30,8 @@ from fastai.vision.augment import AffineCoordTfm, RandomResizedCrop, Resize
 from PIL import Image
 
 from .core import using_sample_data
-from .predict import (BODIES, FORMAT_VERSION, INT8_FILE, MANIFEST, ONNX_FILE, WEIGHTS, load_image, load_predictor,
-                                  onnxruntime_available, preprocessing)
-from .predict import _onnx_runner
+from .predict import (BODIES, FORMAT_VERSION, INT8_FILE, MANIFEST, ONNX_FILE, WEIGHTS, _onnx_runner, load_image,
+                                  load_predictor, onnxruntime_available, preprocessing)
 
 # %% auto #0
 __all__ = ['INT8_MIN_AGREEMENT', 'INT8_MAX_ACCURACY_DROP', 'CALIBRATION_ITEMS', 'ExportError', 'describe_model', 'describe_input',

@@ -21,9 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['HEIF', 'MAX_UPLOAD_BYTES', 'MAX_PIXELS', 'FORMAT_VERSION', 'MANIFEST', 'WEIGHTS', 'ONNX_FILE', 'INT8_FILE', 'BODIES',
-           'register_heif', 'ImageInputError', 'ModelError', 'ModelNotFoundError', 'load_image', 'Preprocessing',
-           'read_manifest', 'preprocessing', 'build_model', 'onnxruntime_available', 'Prediction', 'Predictor',
-           'load_predictor', 'app_model_dir']
+           'register_heif', 'ImageInputError', 'ModelError', 'ModelNotFoundError', 'too_large', 'load_image',
+           'Preprocessing', 'read_manifest', 'preprocessing', 'build_model', 'onnxruntime_available', 'Prediction',
+           'Predictor', 'load_predictor', 'app_model_dir']
 
 # %% ../nbs/08_predict.ipynb #325b90e7
 def register_heif() -> bool:
@@ -64,19 +64,22 @@ class ModelNotFoundError(ModelError, FileNotFoundError):
 # %% ../nbs/08_predict.ipynb #0d2ed9f6
 def _megabytes(n: int) -> str: return f"{n / 1024 / 1024:.1f} MB"
 
+# %% ../nbs/08_predict.ipynb #b10bda9c
+def too_large(name: str, size: int, max_bytes: int = MAX_UPLOAD_BYTES) -> ImageInputError:
+    "The error for a file of `size` bytes over `max_bytes`, named `name` in the message."
+    return ImageInputError(f"{name} is too large ({_megabytes(size)}); the limit is {_megabytes(max_bytes)}.")
+
+# %% ../nbs/08_predict.ipynb #f4e36449
 def _read_source(src, name: str, max_bytes: int) -> bytes:
     if isinstance(src, (str, os.PathLike)):
         p = Path(src)
         if not p.is_file(): raise ImageInputError(f"{name} does not exist or is not a file.")
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise ImageInputError(f"{name} is too large ({_megabytes(size)}); the limit is {_megabytes(max_bytes)}.")
+        if (size := p.stat().st_size) > max_bytes: raise too_large(name, size, max_bytes)
         src = p.read_bytes()
     if isinstance(src, (memoryview, bytearray)): src = bytes(src)
     if not isinstance(src, bytes): raise TypeError(f"Expected bytes, a path or a PIL image, got {type(src).__name__}")
     if not src: raise ImageInputError(f"{name} is empty (0 bytes).")
-    if len(src) > max_bytes:
-        raise ImageInputError(f"{name} is too large ({_megabytes(len(src))}); the limit is {_megabytes(max_bytes)}.")
+    if len(src) > max_bytes: raise too_large(name, len(src), max_bytes)
     return src
 
 # %% ../nbs/08_predict.ipynb #e9b7dc5f

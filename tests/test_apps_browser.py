@@ -29,7 +29,9 @@ from browser import CHROMIUM, NOT_LOOPBACK, launch_options
 from demo_model import demo_models_dir, sample_bear_photo
 from notebook_runner import ARTIFACTS, ROOT
 from optional import require
+from course_utils.app import PHOTO_MAX_SIDE
 from course_utils.cli import app_server
+from course_utils.predict import load_image
 
 HAVE_BROWSER = Path(CHROMIUM).exists() and importlib.util.find_spec('playwright') is not None
 pytestmark = require(HAVE_BROWSER, f'a browser for the app tests (Chromium at {CHROMIUM} and Playwright)')
@@ -167,8 +169,6 @@ def assert_no_traceback(page: Page):
 
 def assert_classified_like(page: Page, predictor, path: Path):
     "The page shows the predictor's answer for `path` (shrunk as the app shrinks it): same label, every probability within 1e-4, the picture."
-    from course_utils.app import PHOTO_MAX_SIDE
-    from course_utils.predict import load_image
     want = predictor.predict(load_image(path, max_side=PHOTO_MAX_SIDE))
     text = classify(page)
     expect(page.locator('.app-result .ok')).to_be_visible()
@@ -285,7 +285,7 @@ def relabelled_models(models: Path, dest: Path, **training) -> Path:
     shutil.copytree(models, dest)
     manifest = dest / 'bears' / 'manifest.json'
     m = json.loads(manifest.read_text())
-    m.setdefault('training', {}).update(training)
+    m['training'].update(training)
     manifest.write_text(json.dumps(m))
     return dest
 
